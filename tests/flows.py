@@ -1,0 +1,165 @@
+"""The seed flow of upstream issue 17517 and its variants.
+
+Each ``run_*`` takes a task runner, runs the flow against the session's
+Prefect server and returns the flow's result.  Parents are dropped by user
+code exactly as in the bug report: only the dependent's future is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prefect import flow, task, unmapped
+from prefect.futures import wait
+
+PARENT_SECONDS = 1.0  # parents still run when user code drops them
+
+
+@task
+def task1():
+    return 42
+
+
+@task
+def task2(x):
+    return x * 2
+
+
+@task
+def slow(value):
+    time.sleep(PARENT_SECONDS)
+    return value
+
+
+@task
+def total(items, mapping):
+    return sum(items) + sum(mapping.values())
+
+
+@task
+def add(x, y):
+    return x + y
+
+
+@task
+def inc(x):
+    return x + 1
+
+
+@task
+def done_marker():
+    return "after"
+
+
+@task
+async def atask1():
+    await asyncio.sleep(0)
+    return 42
+
+
+@task
+async def atask2(x):
+    await asyncio.sleep(0)
+    return x * 2
+
+
+def _run(body, runner, name):
+    return flow(body, name=name, task_runner=runner, log_prints=False)()
+
+
+def run_seed(runner):
+    def seed():
+        results = []
+        for _ in range(10):
+            r1 = task1.submit()
+            results.append(task2.submit(r1))
+        wait(results)
+        return [f.result() for f in results]
+
+    return _run(seed, runner, "seed")
+
+
+def _nested_child():
+    return total.submit([slow.submit(1), slow.submit(2)], {"x": slow.submit(3)})
+
+
+def run_nested(runner):
+    def nested():
+        return _nested_child().result()
+
+    return _run(nested, runner, "nested")
+
+
+def _waiting_child():
+    return done_marker.submit(wait_for=[slow.submit(1)])
+
+
+def run_wait_for(runner):
+    def waiting():
+        return _waiting_child().result()
+
+    return _run(waiting, runner, "wait-for")
+
+
+def _mapped_children():
+    return add.map([1, 2, 3], unmapped(slow.submit(10)))
+
+
+def run_map_unmapped(runner):
+    def mapped():
+        return [f.result() for f in _mapped_children()]
+
+    return _run(mapped, runner, "map-unmapped")
+
+
+def _diamond_child():
+    top = slow.submit(5)
+    return add.submit(inc.submit(top), inc.submit(top))
+
+
+def run_diamond(runner):
+    def diamond():
+        return _diamond_child().result()
+
+    return _run(diamond, runner, "diamond")
+
+
+def run_chain(runner, depth=40):
+    def chain():
+        future = slow.submit(0)
+        for _ in range(depth):
+            future = inc.submit(future)
+        return future.result()
+
+    return _run(chain, runner, "chain")
+
+
+def run_async_tasks(runner):
+    def async_tasks():
+        results = []
+        for _ in range(5):
+            results.append(atask2.submit(atask1.submit()))
+        wait(results)
+        return [f.result() for f in results]
+
+    return _run(async_tasks, runner, "async-tasks")
+
+
+def run_orphan(runner):
+    def orphan():
+        slow.submit(7)  # submitted, never waited, nothing depends on it
+        return task1.submit().result()
+
+    return _run(orphan, runner, "orphan")
+
+
+VARIANTS = {
+    "seed": (run_seed, [84] * 10),
+    "nested": (run_nested, 6),
+    "wait_for": (run_wait_for, "after"),
+    "map_unmapped": (run_map_unmapped, [11, 12, 13]),
+    "diamond": (run_diamond, 12),
+    "chain40": (run_chain, 40),
+    "async_tasks": (run_async_tasks, [84] * 5),
+}

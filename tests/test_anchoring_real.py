@@ -1,0 +1,88 @@
+"""Issue 17517 on a real Prefect server, a real Dask cluster and a real Ray head.
+
+For each runner: the stock flow shows the false "garbage collected" warning
+(proving this environment is affected), the shimmed flow gives none and the
+same results, every anchor is released afterwards, and a genuine orphan still
+warns.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+import prefect_future_anchor
+from conftest import runners_available, stock_warns
+from flows import VARIANTS, run_orphan, run_seed
+
+RUNNERS = runners_available()
+
+
+def settle(gc_warnings):
+    """All anchors released (their runs resolved), stray cycles collected."""
+    assert prefect_future_anchor.wait_released(60), "anchors were not released"
+    gc.collect()
+    return gc_warnings.count
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_seed_flow_stock_warns_shim_does_not(kind, make_runner, gc_warnings, shim):
+    stock = run_seed(make_runner(kind))
+    stock_count = settle(gc_warnings)
+    assert stock == [84] * 10
+    if stock_warns(kind):
+        assert stock_count >= 1, "stock runner did not warn: this environment does not show the bug"
+    else:
+        assert stock_count == 0
+
+    gc_warnings.count = 0
+    report = shim()
+    assert f"{kind}.drain" in report.applied
+    shimmed = run_seed(make_runner(kind))
+    assert shimmed == [84] * 10
+    assert settle(gc_warnings) == 0
+    assert prefect_future_anchor.live_anchors() == 0
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "seed"])
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_variant_with_shim_is_silent_and_correct(kind, variant, make_runner, gc_warnings, shim):
+    run, expected = VARIANTS[variant]
+    shim()
+    assert run(make_runner(kind)) == expected
+    assert settle(gc_warnings) == 0
+
+
+@pytest.mark.parametrize("variant", ["nested", "wait_for", "diamond", "chain40"])
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_variant_stock_reproduces_warning(kind, variant, make_runner, gc_warnings):
+    """Control: without the shim the same variant warns where the release is affected."""
+    run, expected = VARIANTS[variant]
+    assert run(make_runner(kind)) == expected
+    count = settle(gc_warnings)
+    if stock_warns(kind):
+        assert count >= 1
+    else:
+        assert count == 0
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_genuine_orphan_still_warns(kind, make_runner, gc_warnings, shim):
+    """The shim removes false alarms only: a run nobody waits for or depends on
+    still gets the upstream warning (with on_exit='ignore', i.e. no drain)."""
+    shim(on_exit="ignore")
+    assert run_orphan(make_runner(kind)) == 42
+    assert settle(gc_warnings) == (1 if stock_warns(kind) else 0)
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_uninstall_restores_stock_behaviour(kind, make_runner, gc_warnings, shim):
+    shim()
+    prefect_future_anchor.uninstall()
+    assert run_seed(make_runner(kind)) == [84] * 10
+    count = settle(gc_warnings)
+    if stock_warns(kind):
+        assert count >= 1
+    else:
+        assert count == 0
