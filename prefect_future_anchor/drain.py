@@ -82,6 +82,17 @@ def _names(runs: List[Tuple[str, Any]]) -> str:
     return ", ".join(f"{name} ({getattr(future, 'task_run_id', '?')})" for name, future in runs)
 
 
+def _logger_for(runner: Any) -> Any:
+    """The flow run's logger when there is one (the message lands in the flow's
+    logs), else the runner's own Prefect logger, else ours."""
+    try:
+        from prefect.logging.loggers import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        return getattr(runner, "logger", None) or logger
+
+
 def drain(
     runner: Any,
     mode: str,
@@ -98,8 +109,9 @@ def drain(
     runs = [(name, fut) for name, fut in inflight.pending() if not is_done(fut.wrapped_future)]
     if not runs:
         return
+    log = _logger_for(runner)
     if mode == "wait":
-        logger.info(
+        log.info(
             "prefect-future-anchor: waiting up to %gs for %d unresolved task run(s) "
             "before the task runner shuts down: %s",
             timeout,
@@ -120,7 +132,7 @@ def drain(
         reason = "unresolved at task runner exit (on_exit='cancel')"
     for _name, future in runs:
         cancel(future.wrapped_future)
-    logger.warning(
+    log.warning(
         "prefect-future-anchor: cancelled %d task run(s) %s: %s",
         len(runs),
         reason,

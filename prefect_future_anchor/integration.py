@@ -91,7 +91,7 @@ class RunnerIntegration:
             prop = inspect.getattr_static(future, "wrapped_future", None)
             if not isinstance(prop, property) or prop.fget is None:
                 return f"{self.future_name}.wrapped_future is not a property"
-            conversion = runner.__dict__.get(self.conversion_name)
+            conversion = inspect.getattr_static(runner, self.conversion_name, None)
             if isinstance(conversion, (staticmethod, classmethod)):
                 conversion = conversion.__func__
             if conversion is None or not _code_reads(conversion, "wrapped_future"):
@@ -100,8 +100,8 @@ class RunnerIntegration:
                     "through .wrapped_future"
                 )
         elif suffix == "drain":
-            if not callable(runner.__dict__.get("__exit__")):
-                return f"{self.runner_name}.__exit__ is not defined on the class"
+            if inspect.getattr_static(runner, "__exit__", None) is None:
+                return f"{self.runner_name} is not a context manager"
         return None
 
     # -- patching ----------------------------------------------------------------
@@ -186,7 +186,12 @@ class RunnerIntegration:
                 inflight.discard(key)
 
         raw = future.wrapped_future
-        anchor.hold(parents, lambda release: self.when_done(raw, release), forget)
+        try:
+            anchor.hold(parents, lambda release: self.when_done(raw, release), forget)
+        except BaseException:
+            if forget is not None:
+                forget()
+            raise
 
     def _exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         try:

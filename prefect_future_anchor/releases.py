@@ -1,7 +1,7 @@
 """What is patched, for which releases, and why: the one table the guards read.
 
 The README's compatibility section is rendered from this module
-(``python -m prefect_future_anchor.releases``) and a test fails if the two
+(``./run readme`` calls :func:`update_readme`) and a test fails if the two
 disagree.  Supporting a newly published release is a change to ``TESTED``
 (and a matrix row in ``noxfile.py``), nothing else.
 """
@@ -221,5 +221,15 @@ def render_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    print(render_markdown())
+def update_readme(path: str) -> bool:
+    """Rewrite the compatibility block of the README at ``path``; True if it changed."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    start, end = "<!-- compat:start -->\n", "<!-- compat:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    updated = head + start + render_markdown() + "\n" + end + tail
+    if updated != text:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(updated)
+    return updated != text

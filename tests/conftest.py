@@ -63,6 +63,8 @@ def _wait_until(check, timeout: float, what: str, proc: "subprocess.Popen | None
             pass
         time.sleep(0.25)
     detail = Path(log).read_text()[-4000:] if log and Path(log).exists() else ""
+    if proc is not None and proc.poll() is not None:
+        raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready\n{detail}")
     raise RuntimeError(f"{what} did not become ready within {timeout}s\n{detail}")
 
 
@@ -83,20 +85,34 @@ def _kill_group(proc: "subprocess.Popen", timeout: float = 30) -> None:
 def pytest_configure(config):
     """Start the Prefect server before any test module imports prefect."""
     global _server, _home
-    if os.environ.get("PFA_NO_SERVER"):
-        return
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    # A fresh home per session: a database migrated by another release breaks this one.
     _home = tempfile.mkdtemp(prefix="pfa-prefect-home-")
     os.environ["PREFECT_HOME"] = _home
+    if os.environ.get("PFA_NO_SERVER"):
+        return
     port = free_port()
     log = Path(_home) / "server.log"
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    env = dict(
+        os.environ,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        # The server's start-up would import every ``prefect.collections`` entry point
+        # (block registration).  On prefect 3.0.x importing prefect_ray there runs
+        # ray's ``logging.config.dictConfig``, whose flush of Prefect's API log handler
+        # starts the global loop thread while holding logging's lock: a deadlock.
+        # The tests use no blocks, so skip the registration (names valid in all 3.x).
+        PREFECT_API_BLOCKS_REGISTER_ON_START="false",
+        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
+    )
     env.pop("PREFECT_API_URL", None)
+    # The console script, not ``python -m prefect``: prefect < 3.2 has no ``prefect.__main__``.
+    prefect_bin = Path(sys.executable).with_name("prefect")
     _server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,

@@ -163,3 +163,44 @@ VARIANTS = {
     "chain40": (run_chain, 40),
     "async_tasks": (run_async_tasks, [84] * 5),
 }
+
+
+class _DriverOnly(list):
+    """A list that travels to workers as an empty list (flow bodies are pickled
+    by value with their globals when the task context is serialized)."""
+
+    def __reduce__(self):
+        return (list, ())
+
+
+PARENT_REFS = _DriverOnly()  # weak references to parents, for the no-cycle test
+
+
+def run_weakly_watched_parent(runner):
+    """Keep only a weak reference to the parent; the test checks when it dies."""
+
+    def watched():
+        import weakref
+
+        parent = slow.submit(1)
+        PARENT_REFS.append(weakref.ref(parent))
+        child = inc.submit(parent)
+        del parent
+        alive_while_child_runs = PARENT_REFS[-1]() is not None
+        return alive_while_child_runs, child.result()
+
+    return _run(watched, runner, "weakly-watched-parent")
+
+
+def run_uninstall_mid_flow(runner):
+    """Submit a dependent with the shim on, uninstall, then wait for it."""
+
+    def uninstall_mid_flow():
+        import prefect_future_anchor
+
+        child = inc.submit(slow.submit(1))
+        anchored = prefect_future_anchor.live_anchors() >= 1
+        prefect_future_anchor.uninstall()
+        return anchored, child.result()
+
+    return _run(uninstall_mid_flow, runner, "uninstall-mid-flow")

@@ -1,0 +1,237 @@
+"""``prefect-future-anchor demo``: the seed flow of upstream issue 17517 and a
+fire-and-forget flow, on a real Dask LocalCluster and a real local Ray, stock
+then shimmed, against a Prefect server started for the demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+GC_WARNING = "garbage collected before it resolved"
+
+
+@contextlib.contextmanager
+def prefect_server(startup_timeout: float = 180) -> Iterator[str]:
+    """A throw-away ``prefect server start`` on loopback, stopped by its handle.
+
+    Exports ``PREFECT_API_URL`` so that Dask and Ray workers started afterwards
+    report to it (older prefect-ray workers otherwise start servers of their own).
+    """
+    home = tempfile.mkdtemp(prefix="pfa-prefect-home-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        PREFECT_HOME=home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_TELEMETRY_ENABLED="false",
+        # Registering blocks at start-up imports every prefect.collections entry point;
+        # on prefect 3.0.x importing prefect_ray there deadlocks the server (FACTS.md).
+        PREFECT_API_BLOCKS_REGISTER_ON_START="false",
+        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
+    )
+    env.pop("PREFECT_API_URL", None)
+    # The console script: prefect < 3.2 has no ``python -m prefect``.
+    prefect_bin = str(Path(sys.executable).with_name("prefect"))
+    log_path = Path(home) / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited early:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server not ready in {startup_timeout}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        previous = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+        os.environ.update(PREFECT_API_URL=url, PREFECT_HOME=home)
+        try:
+            yield url
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+
+
+class _Counter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if GC_WARNING in record.getMessage():
+            self.count += 1
+
+
+def _tasks():
+    from prefect import task
+
+    @task
+    def task1():
+        return 42
+
+    @task
+    def task2(x):
+        return x * 2
+
+    @task
+    def touch(directory: str, i: int):
+        time.sleep(0.5)
+        Path(directory, f"{i}.done").write_text("done")
+
+    return task1, task2, touch
+
+
+def seed_flow(runner) -> List[int]:
+    """Upstream issue 17517: 10 x task2.submit(task1.submit()), only task2's futures kept."""
+    from prefect import flow
+    from prefect.futures import wait
+
+    task1, task2, _touch = _TASKS
+
+    @flow(name="seed", task_runner=runner)
+    def seed():
+        results = []
+        for _ in range(10):
+            r1 = task1.submit()
+            results.append(task2.submit(r1))
+        wait(results)
+        return [f.result() for f in results]
+
+    return seed()
+
+
+def fire_and_forget_flow(runner, directory: str) -> None:
+    """10 x touch.submit(i) with the futures dropped; the flow returns at once."""
+    from prefect import flow
+
+    _task1, _task2, touch = _TASKS
+
+    @flow(name="fire-and-forget", task_runner=runner)
+    def fire_and_forget():
+        for i in range(10):
+            touch.submit(directory, i)
+
+    fire_and_forget()
+
+
+_TASKS = None
+
+
+def _measure(make_runner, label: str, scratch: str) -> Dict[str, object]:
+    import prefect_future_anchor
+
+    counter = _Counter()
+    logging.getLogger("prefect").addHandler(counter)
+    try:
+        results = seed_flow(make_runner())
+        prefect_future_anchor.wait_released(120)
+        gc.collect()
+        warnings = counter.count
+        directory = tempfile.mkdtemp(dir=scratch)
+        fire_and_forget_flow(make_runner(), directory)
+        prefect_future_anchor.wait_released(120)
+        done = len(list(Path(directory).glob("*.done")))
+    finally:
+        logging.getLogger("prefect").removeHandler(counter)
+    return {
+        "label": label,
+        "warnings": warnings,
+        "results_ok": results == [84] * 10,
+        "fire_and_forget": done,
+    }
+
+
+def run_demo(which: str = "both") -> int:
+    global _TASKS
+    os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    import prefect_future_anchor
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    rows = []
+    with prefect_server(), tempfile.TemporaryDirectory() as scratch:
+        _TASKS = _tasks()
+        if which in ("dask", "both"):
+            from distributed import LocalCluster
+            from prefect_dask import DaskTaskRunner
+
+            with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+
+                def dask_runner():
+                    return DaskTaskRunner(address=cluster.scheduler_address)
+
+                prefect_future_anchor.uninstall()
+                rows.append(_measure(dask_runner, "DaskTaskRunner, stock", scratch))
+                prefect_future_anchor.install()
+                rows.append(_measure(dask_runner, "DaskTaskRunner, shimmed", scratch))
+                prefect_future_anchor.uninstall()
+        if which in ("ray", "both"):
+            from prefect_ray import RayTaskRunner
+
+            def ray_runner():
+                # address="local": a new local instance even if another Ray runs on this machine
+                return RayTaskRunner(init_kwargs={"address": "local", "num_cpus": 2, "include_dashboard": False})
+
+            prefect_future_anchor.uninstall()
+            rows.append(_measure(ray_runner, "RayTaskRunner, stock", scratch))
+            prefect_future_anchor.install()
+            rows.append(_measure(ray_runner, "RayTaskRunner, shimmed", scratch))
+            prefect_future_anchor.uninstall()
+    report = prefect_future_anchor.status()
+    versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
+    print()
+    print(f"Seed flow of PrefectHQ/prefect#17517 and a fire-and-forget flow ({versions})")
+    print()
+    print("| runner | 'garbage collected' warnings | seed results correct | fire-and-forget runs completed |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['label']} | {row['warnings']} | {'yes' if row['results_ok'] else 'NO'} | "
+            f"{row['fire_and_forget']} of 10 |"
+        )
+    shimmed_ok = all(
+        row["warnings"] == 0 and row["results_ok"] and row["fire_and_forget"] == 10
+        for row in rows
+        if row["label"].endswith("shimmed")
+    )
+    return 0 if shimmed_ok else 1

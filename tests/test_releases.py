@@ -1,0 +1,86 @@
+"""The release table: parsing, decisions, and the README rendered from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from prefect_future_anchor import releases
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(name: str) -> str:
+    text = README.read_text()
+    match = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text, re.S)
+    assert match, f"README has no {name} block"
+    return match.group(1).strip()
+
+
+def test_readme_compatibility_table_is_generated_from_the_table():
+    assert readme_block("compat") == releases.render_markdown().strip(), (
+        "README.md's compatibility table is stale: run ./run readme"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("3.4.7", (3, 4, 7)), ("0.3.5", (0, 3, 5)), ("3.0.0rc1", (3, 0, 0)), ("2.20", (2, 20, 0)), ("3.9.1.dev3", (3, 9, 1))],
+)
+def test_parse_version(text, expected):
+    assert releases.parse_version(text) == expected
+
+
+def test_parse_version_rejects_garbage():
+    with pytest.raises(ValueError, match="not a release number"):
+        releases.parse_version("latest")
+
+
+@pytest.mark.parametrize(
+    "version, spec, inside",
+    [
+        ("0.3.5", ">=0.3.0,<0.3.6", True),
+        ("0.3.6", ">=0.3.0,<0.3.6", False),
+        ("0.2.10", ">=0.3.0,<0.3.6", False),
+        ("0.4.4", ">=0.4.4,<0.4.5", True),
+        ("0.4.3", ">=0.4.4,<0.4.5", False),
+        ("0.6.0", ">=0.4.0", True),
+    ],
+)
+def test_in_range(version, spec, inside):
+    assert releases.in_range(releases.parse_version(version), spec) is inside
+
+
+# The claims of FACTS.md, row by row, checked against the table the guards read.
+ROWS = [
+    ("3.0.0", "0.3.0", "0.4.0", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
+    ("3.3.7", "0.3.5", "0.4.4", {"dask.anchor", "ray.anchor", "ray.ready-del", "dask.drain", "ray.drain"}),
+    ("3.4.6", "0.3.5", "0.4.3", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
+    ("3.4.7", "0.3.6", "0.4.5", {"dask.drain", "ray.drain"}),
+    ("3.9.1", "0.3.7", "0.6.0", {"dask.drain", "ray.drain"}),
+    ("2.20.17", "0.2.10", "0.3.7", set()),
+]
+
+
+@pytest.mark.parametrize("prefect, dask, ray, wanted", ROWS)
+def test_decisions_follow_the_facts(prefect, dask, ray, wanted):
+    versions = {"prefect": prefect, "prefect-dask": dask, "prefect-ray": ray}
+    decided = {p.name for p in releases.PATCHES if releases.decide(p, versions).wanted}
+    assert decided == wanted
+
+
+def test_prefect_2_is_reported_unsupported():
+    problems = releases.unsupported({"prefect": "2.20.17", "prefect-dask": "0.2.10", "prefect-ray": None})
+    assert problems == [
+        "prefect 2.20.17 (supported: prefect>=3.0.0)",
+        "prefect-dask 0.2.10 (supported: prefect-dask>=0.3.0)",
+    ]
+
+
+def test_newer_than_tested_is_flagged_untested():
+    versions = {"prefect": "3.10.0", "prefect-dask": "0.3.7", "prefect-ray": None}
+    drain = next(p for p in releases.PATCHES if p.name == "dask.drain")
+    decision = releases.decide(drain, versions)
+    assert decision.wanted and decision.untested
