@@ -195,7 +195,9 @@ def run_demo(which: str = "both") -> int:
             from distributed import LocalCluster
             from prefect_dask import DaskTaskRunner
 
-            with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+            with LocalCluster(
+                n_workers=2, threads_per_worker=1, dashboard_address=None, host="127.0.0.1"
+            ) as cluster:
 
                 def dask_runner():
                     return DaskTaskRunner(address=cluster.scheduler_address)
@@ -210,7 +212,14 @@ def run_demo(which: str = "both") -> int:
 
             def ray_runner():
                 # address="local": a new local instance even if another Ray runs on this machine
-                return RayTaskRunner(init_kwargs={"address": "local", "num_cpus": 2, "include_dashboard": False})
+                return RayTaskRunner(
+                    init_kwargs={
+                        "address": "local",
+                        "_node_ip_address": "127.0.0.1",
+                        "num_cpus": 2,
+                        "include_dashboard": False,
+                    }
+                )
 
             prefect_future_anchor.uninstall()
             rows.append(_measure(ray_runner, "RayTaskRunner, stock", scratch))

@@ -204,3 +204,65 @@ def run_uninstall_mid_flow(runner):
         return anchored, child.result()
 
     return _run(uninstall_mid_flow, runner, "uninstall-mid-flow")
+
+
+@task
+def touch(directory, i):
+    """Fire-and-forget work: takes a moment, then leaves a file behind."""
+    time.sleep(0.5)
+    with open(f"{directory}/{i}.done", "w") as handle:
+        handle.write("done")
+
+
+@task
+def blocker(directory, name):
+    """Runs until the test creates ``release`` (bounded), recording its process id."""
+    import os
+    from pathlib import Path
+
+    Path(directory, f"{name}.pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not Path(directory, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    Path(directory, f"{name}.done").write_text("done")
+
+
+def run_fire_and_forget(runner, directory, n=10):
+    def fire_and_forget():
+        for i in range(n):
+            touch.submit(directory, i)
+
+    return _run(fire_and_forget, runner, "fire-and-forget")
+
+
+def run_fire_and_forget_async(runner, directory, n=10):
+    async def fire_and_forget_async():
+        for i in range(n):
+            touch.submit(directory, i)
+
+    return asyncio.run(flow(fire_and_forget_async, name="fire-and-forget-async", task_runner=runner)())
+
+
+def run_left_blocking(runner, directory):
+    """Leave one run blocked when the flow ends; report its task run id."""
+
+    def left_blocking():
+        return str(blocker.submit(directory, "slow").task_run_id)
+
+    return _run(left_blocking, runner, "left-blocking")
+
+
+def run_rounds(runner, rounds):
+    """``rounds`` x submit then wait; returns how many runs are still tracked."""
+
+    def rounds_flow():
+        import prefect_future_anchor
+        from prefect.context import FlowRunContext
+        from prefect_future_anchor.drain import inflight_of
+
+        for i in range(rounds):
+            inc.submit(i).wait()
+        prefect_future_anchor.wait_released(60)
+        return len(inflight_of(FlowRunContext.get().task_runner))
+
+    return _run(rounds_flow, runner, "rounds")

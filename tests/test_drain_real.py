@@ -1,0 +1,139 @@
+"""No silent loss: runs submitted and not kept are drained when the runner exits.
+
+Real Prefect server, real Dask cluster, real Ray head; the stock runner of the
+same release loses fire-and-forget runs in the same test (the control).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+import psutil
+import pytest
+
+import prefect_future_anchor
+from conftest import runners_available
+import flows
+
+RUNNERS = runners_available()
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self, level=logging.DEBUG, containing=""):
+        return [r.getMessage() for r in self.records if r.levelno >= level and containing in r.getMessage()]
+
+
+@pytest.fixture
+def records():
+    handler = Records()
+    loggers = [logging.getLogger("prefect"), logging.getLogger("prefect_future_anchor")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def done_files(directory):
+    return len(list(Path(directory).glob("*.done")))
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_fire_and_forget_completes_under_wait_and_stock_loses_some(kind, make_runner, shim, tmp_path, records):
+    stock_dir, shim_dir = tmp_path / "stock", tmp_path / "shim"
+    stock_dir.mkdir()
+    shim_dir.mkdir()
+
+    flows.run_fire_and_forget(make_runner(kind), str(stock_dir))
+    stock_done = done_files(stock_dir)
+    records.records.clear()
+
+    shim()  # default on_exit="wait"
+    flows.run_fire_and_forget(make_runner(kind), str(shim_dir))
+    assert done_files(shim_dir) == 10
+    assert stock_done < 10, "control: the stock runner should lose fire-and-forget runs"
+    waits = records.messages(logging.INFO, "waiting up to")
+    assert len(waits) == 1 and "touch" in waits[0]
+    assert prefect_future_anchor.wait_released(60)
+    gc.collect()
+    assert records.messages(containing="garbage collected before it resolved") == []
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_fire_and_forget_in_async_flow(kind, make_runner, shim, tmp_path):
+    shim()
+    flows.run_fire_and_forget_async(make_runner(kind), str(tmp_path))
+    assert done_files(tmp_path) == 10
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_cancel_names_and_really_cancels(kind, make_runner, shim, tmp_path, records, request):
+    shim(on_exit="cancel")
+    try:
+        task_run_id = flows.run_left_blocking(make_runner(kind), str(tmp_path))
+        warnings = records.messages(logging.WARNING, "cancelled 1 task run(s)")
+        assert len(warnings) == 1
+        assert "blocker" in warnings[0] and task_run_id in warnings[0]
+        assert_really_cancelled(kind, tmp_path, request)
+    finally:
+        (tmp_path / "release").write_text("")
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_drain_timeout_cancels_and_names_what_is_left(kind, make_runner, shim, tmp_path, records, request):
+    shim(drain_timeout=2)
+    try:
+        task_run_id = flows.run_left_blocking(make_runner(kind), str(tmp_path))
+        assert len(records.messages(logging.INFO, "waiting up to 2s for 1 unresolved")) == 1
+        warnings = records.messages(logging.WARNING, "still unresolved after drain_timeout=2s")
+        assert len(warnings) == 1 and task_run_id in warnings[0]
+        assert_really_cancelled(kind, tmp_path, request)
+    finally:
+        (tmp_path / "release").write_text("")
+
+
+def assert_really_cancelled(kind, directory, request):
+    assert not (directory / "slow.done").exists()
+    if kind == "ray":
+        # force-cancel kills the worker process that ran the task
+        pid = int((directory / "slow.pid").read_text())
+        try:
+            gone, alive = psutil.wait_procs([psutil.Process(pid)], timeout=60)
+        except psutil.NoSuchProcess:
+            alive = []
+        assert alive == [], "the Ray worker running the cancelled task is still alive"
+    else:
+        # the scheduler has forgotten the task: it will not run or be retried
+        from distributed import Client
+
+        with Client(request.getfixturevalue("dask_address"), set_as_default=False) as client:
+            keys = client.run_on_scheduler(
+                lambda dask_scheduler: [str(k) for k, ts in dask_scheduler.tasks.items() if "blocker" in str(k)]
+            )
+        assert keys == []
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_ignore_is_stock_behaviour(kind, make_runner, shim, tmp_path, records):
+    shim(on_exit="ignore")
+    flows.run_fire_and_forget(make_runner(kind), str(tmp_path))
+    assert records.messages(containing="prefect-future-anchor") == []
+    assert done_files(tmp_path) < 10
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_thousand_rounds_leave_tracking_empty(kind, make_runner, shim):
+    shim()
+    assert flows.run_rounds(make_runner(kind), 1000) == 0
+    assert prefect_future_anchor.live_anchors() == 0
