@@ -244,10 +244,17 @@ def run_fire_and_forget_async(runner, directory, n=10):
 
 
 def run_left_blocking(runner, directory):
-    """Leave one run blocked when the flow ends; report its task run id."""
+    """Leave one run blocked (and started) when the flow ends; report its task run id."""
 
     def left_blocking():
-        return str(blocker.submit(directory, "slow").task_run_id)
+        from pathlib import Path
+
+        future = blocker.submit(directory, "slow")
+        started = Path(directory, "slow.pid")
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:  # wait until it runs
+            time.sleep(0.05)
+        return str(future.task_run_id)
 
     return _run(left_blocking, runner, "left-blocking")
 
