@@ -198,4 +198,8 @@ class RunnerIntegration:
             drain.drain(instance, self.on_exit, self.drain_timeout, self.is_done, self.cancel)
         except Exception as exc:
             guard.failed(f"{self.name}.drain", exc)
+        except BaseException:
+            # interrupted while waiting (Ctrl-C): still close the client / shut Ray down
+            wrapped(*args, **kwargs)
+            raise
         return wrapped(*args, **kwargs)
