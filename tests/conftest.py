@@ -132,7 +132,45 @@ def pytest_configure(config):
     os.environ["PREFECT_API_URL"] = url
 
 
+#: Variants the stock release itself cannot run, whatever the shim does:
+#: (runner, variant) -> (distribution, first fixed release, why).
+UPSTREAM_BROKEN = {
+    ("dask", "wait_for"): (
+        "prefect-dask",
+        (0, 3, 2),
+        "prefect-dask < 0.3.2 ships wait_for futures to the worker unconverted; there the "
+        "dependent does not wait for a parent that is still running and ends NotReady "
+        "('Upstream task run ... did not reach a COMPLETED state'; upstream, fixed in 0.3.2)",
+    ),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    from importlib import metadata
+
+    from prefect_future_anchor.releases import parse_version
+
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        broken = UPSTREAM_BROKEN.get((params.get("kind"), params.get("variant")))
+        if broken is None:
+            continue
+        distribution, fixed, why = broken
+        try:
+            version = parse_version(metadata.version(distribution))
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+        if version < fixed:
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
 def pytest_unconfigure(config):
+    auto_init = sys.modules.get("ray._private.auto_init_hook")
+    if auto_init is not None:
+        # A stock PrefectRayFuture collected at exit (one kept alive by a failure's
+        # traceback, say) calls ray.get(), whose auto-init would connect to the head
+        # this session already stopped and retry it for good: the run never ends.
+        auto_init.enable_auto_connect = False
     if _server is not None:
         _kill_group(_server)
     if _home:
@@ -166,6 +204,10 @@ def ray_address(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("ray") / "head.log"
     ray_bin = Path(sys.executable).with_name("ray")
+    # Older releases (prefect 3.1 / prefect-ray 0.4.2) ship the flow to the Ray workers,
+    # and its body refers to helpers in tests/flows.py by module: without this a worker
+    # fails with "No module named 'flows'".
+    worker_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [
             str(ray_bin),
@@ -180,7 +222,7 @@ def ray_address(tmp_path_factory):
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        env=dict(os.environ),
+        env=dict(os.environ, PYTHONPATH=worker_path),
         start_new_session=True,
     )
     address = f"127.0.0.1:{port}"

@@ -1,0 +1,118 @@
+"""Release matrix: every claim of the version table, shown on the real release.
+
+    uvx nox -s matrix                 # every row: install report, finished-run check, seed flow
+    uvx nox -s "matrix(3.3.7)"        # one row
+    uvx nox -s matrix -- full         # every row, the whole real-runner suite (+ drain tests)
+    uvx nox -s matrix -- ci           # what CI runs: Ray only on the rows marked for it
+    uvx nox -s matrix -- -x -vv       # anything else after -- goes to pytest
+
+Each row is installed as of its own era (``uv pip install --exclude-newer DATE``) into
+.nox/matrix-<row>/ and reused on the next run.  One pytest session per row: one Prefect
+server (with its own PREFECT_HOME), one Dask cluster, one Ray head.  A row states what
+the stock release was seen to do; tests/test_release_row.py checks the shim's guard
+table (prefect_future_anchor/releases.py) against it.
+
+A new Prefect release is one more line in ROWS (and, if it is the newest, a bump of
+``releases.TESTED``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    prefect: str
+    dask: str
+    ray: Optional[str]
+    #: resolve every other dependency as of this day (the row's era)
+    date: str
+    #: runners whose stock seed flow logs "garbage collected before it resolved"
+    warns: str = ""
+    #: runners whose stock future warns even for a finished run (prefect-ray 0.4.4)
+    warns_finished: str = ""
+    #: runners the tests exercise (default: every runner installed)
+    run: Optional[str] = None
+    #: runners ``-- ci`` exercises (default: ``run``); Ray costs about 2 minutes a row
+    ci: Optional[str] = None
+    why: str = ""
+
+    @property
+    def runners(self) -> str:
+        return self.run if self.run is not None else "dask" + (",ray" if self.ray else "")
+
+    @property
+    def ci_runners(self) -> str:
+        return self.ci if self.ci is not None else self.runners
+
+    @property
+    def supported(self) -> bool:
+        return int(self.prefect.split(".")[0]) >= 3
+
+
+# fmt: off
+ROWS = [
+    Row("3.0.0",  "3.0.0",  "0.3.0",  "0.4.0", "2024-09-04", warns="dask,ray", run="dask", why="stock prefect-ray 0.4.0 crashes its Ray workers"),
+    Row("3.1.2",  "3.1.2",  "0.3.2",  "0.4.2", "2024-11-16", warns="dask,ray", ci="dask"),
+    Row("3.2.7",  "3.2.7",  "0.3.3",  "0.4.3", "2025-02-21", warns="dask,ray", ci="dask"),
+    Row("3.3.7",  "3.3.7",  "0.3.5",  "0.4.4", "2025-04-29", warns="dask,ray", warns_finished="ray", ci="dask"),
+    Row("3.4.6",  "3.4.6",  "0.3.5",  "0.4.4", "2025-06-12", warns="dask,ray", warns_finished="ray"),
+    Row("3.4.7",  "3.4.7",  "0.3.6",  "0.4.5", "2025-06-28", ci="dask"),
+    Row("3.9.1",  "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31"),
+    Row("2.20.0", "2.20.0", "0.2.10", "0.3.7", "2024-08-06"),
+]
+# fmt: on
+
+QUICK = [
+    "tests/test_release_row.py",
+    "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
+]
+FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py"]
+UNSUPPORTED = ["tests/test_unsupported_release.py"]
+
+
+@nox.session(python=PYTHON, venv_backend="uv", reuse_venv=True)
+@nox.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def matrix(session: nox.Session, row: Row) -> None:
+    """Install one row as of its date and run the release-matrix tests on it."""
+    packages = [f"prefect=={row.prefect}", f"prefect-dask=={row.dask}"]
+    if row.ray:
+        packages.append(f"prefect-ray=={row.ray}")
+    session.install(f"--exclude-newer={row.date}", *packages, "pytest", "pytest-timeout")
+    session.install("-e", ".")
+
+    args = list(session.posargs)
+    scope, runners = QUICK, row.runners
+    if args[:1] == ["full"]:
+        scope, args = FULL, args[1:]
+    elif args[:1] == ["ci"]:
+        runners, args = row.ci_runners, args[1:]
+    if not row.supported:
+        scope = UNSUPPORTED
+
+    home = os.path.join(session.virtualenv.location, "prefect-home")
+    os.makedirs(home, exist_ok=True)
+    env = {
+        "PREFECT_HOME": home,  # per row: a database migrated by one release breaks another
+        "PREFECT_TELEMETRY_ENABLED": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PFA_RUNNERS": runners,
+        "PFA_EXPECT_STOCK_WARNINGS": row.warns,
+        "PFA_EXPECT_FINISHED_WARNINGS": row.warns_finished,
+    }
+    if not row.supported:
+        env["PFA_NO_SERVER"] = "1"
+    if row.why:
+        session.log(f"row {row.name}: {row.runners} only: {row.why}")
+    session.run("python", "-m", "pytest", *scope, "-p", "no:cacheprovider", *args, env=env)

@@ -1,0 +1,94 @@
+"""One row of the release matrix: what the stock release does, and what install() says.
+
+The row (``noxfile.py``) states what was observed on the real release, independently of
+the shim's own table: ``PFA_EXPECT_STOCK_WARNINGS`` names the runners whose seed flow
+warns, ``PFA_EXPECT_FINISHED_WARNINGS`` the runners that warn even for a run that has
+finished (prefect-ray 0.4.4).  The guard table must agree with it: a runner that warns
+is anchored, one that warns for finished runs also gets ``ray.ready-del``, and every
+installed runner is drained.  Defaults are the reference environment (prefect 3.3.7,
+prefect-dask 0.3.5, prefect-ray 0.4.4).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+
+import pytest
+
+import prefect_future_anchor
+from conftest import runners_available, stock_warns
+from prefect_future_anchor import releases
+from prefect_future_anchor.lifecycle import INTEGRATIONS
+
+RUNNERS = runners_available()
+
+
+def finished_warns(runner: str) -> bool:
+    return runner in os.environ.get("PFA_EXPECT_FINISHED_WARNINGS", "ray").split(",")
+
+
+def expected_patches(versions) -> set:
+    expected = set()
+    for distribution, integration in INTEGRATIONS.items():
+        if versions.get(distribution) is None:
+            continue
+        expected.add(f"{integration.name}.drain")
+        if stock_warns(integration.name):
+            expected.add(f"{integration.name}.anchor")
+        if finished_warns(integration.name):
+            expected.add(f"{integration.name}.ready-del")
+    return expected
+
+
+def test_install_report_matches_the_row(shim, capsys):
+    versions = releases.detect()
+    for distribution, integration in INTEGRATIONS.items():
+        if versions.get(distribution) is not None:
+            importlib.import_module(integration.module_name)
+    report = shim()
+    with capsys.disabled():  # the matrix log shows each row's report
+        print(f"\n{report}")
+    assert report.problems == [], str(report)
+    assert set(report.applied) == expected_patches(versions), str(report)
+    for distribution, integration in INTEGRATIONS.items():
+        for name in integration.applied:
+            assert integration.shape_problem(name) is None, name
+
+
+def _run_drop_finished(runner):
+    from prefect import flow
+
+    from flows import task1
+
+    def drop_finished():
+        # Self-contained: Ray pickles the flow body by value, and a helper defined
+        # in this test module could not be imported on a Ray worker.
+        future = task1.submit()
+        raw = future.wrapped_future
+        if hasattr(raw, "add_done_callback"):  # distributed.Future
+            raw.result(timeout=120)
+        else:  # ray.ObjectRef: wait for it without fetching or resolving the future
+            import ray
+
+            assert ray.wait([raw], timeout=120, fetch_local=False)[0], "the run did not finish"
+        del future, raw
+        gc.collect()
+
+    flow(drop_finished, name="drop-finished", task_runner=runner)()
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_dropping_a_finished_run(kind, make_runner, gc_warnings, shim):
+    """A finished run nobody resolves is dropped: silent, except stock prefect-ray 0.4.4."""
+    _run_drop_finished(make_runner(kind))
+    gc.collect()
+    assert gc_warnings.count == (1 if finished_warns(kind) else 0)
+
+    gc_warnings.count = 0
+    shim(on_exit="ignore")
+    _run_drop_finished(make_runner(kind))
+    gc.collect()
+    assert gc_warnings.count == 0
+    assert prefect_future_anchor.wait_released(60)
