@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
 
 os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -34,51 +27,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def prefect_server():
-    """``prefect server start`` in a fresh PREFECT_HOME; sets PREFECT_API_URL."""
+    """The package's throw-away server (sets PREFECT_API_URL), unless one is given."""
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    home = tempfile.mkdtemp(prefix="pfa-bench-home-")
-    os.environ["PREFECT_HOME"] = home
-    port = free_port()
-    log = Path(home) / "server.log"
-    env = dict(
-        os.environ,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_API_BLOCKS_REGISTER_ON_START="false",
-        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
-    )
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.25)
-        os.environ["PREFECT_API_URL"] = url
+    from prefect_future_anchor.server import prefect_server as start
+
+    with start(startup_timeout=120) as url:
         yield url
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
 
 
 @contextlib.contextmanager

@@ -5,90 +5,17 @@ then shimmed, against a Prefect server started for the demo.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
+
+from .server import prefect_server
 
 GC_WARNING = "garbage collected before it resolved"
-
-
-@contextlib.contextmanager
-def prefect_server(startup_timeout: float = 180) -> Iterator[str]:
-    """A throw-away ``prefect server start`` on loopback, stopped by its handle.
-
-    Exports ``PREFECT_API_URL`` so that Dask and Ray workers started afterwards
-    report to it (older prefect-ray workers otherwise start servers of their own).
-    """
-    home = tempfile.mkdtemp(prefix="pfa-prefect-home-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ,
-        PREFECT_HOME=home,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_TELEMETRY_ENABLED="false",
-        # Registering blocks at start-up imports every prefect.collections entry point;
-        # on prefect 3.0.x importing prefect_ray there deadlocks the server (FACTS.md).
-        PREFECT_API_BLOCKS_REGISTER_ON_START="false",
-        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
-    )
-    env.pop("PREFECT_API_URL", None)
-    # The console script: prefect < 3.2 has no ``python -m prefect``.
-    prefect_bin = str(Path(sys.executable).with_name("prefect"))
-    log_path = Path(home) / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not ready in {startup_timeout}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        previous = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-        os.environ.update(PREFECT_API_URL=url, PREFECT_HOME=home)
-        try:
-            yield url
-        finally:
-            for key, value in previous.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
 
 
 class _Counter(logging.Handler):

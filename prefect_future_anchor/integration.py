@@ -8,6 +8,7 @@ three runner facts the anchoring and the drain need: ``when_done``,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -181,9 +182,7 @@ class RunnerIntegration:
             inflight = drain.inflight_of(runner)
             key = future.task_run_id
             inflight.add(key, getattr(task, "name", "?"), future)
-
-            def forget() -> None:
-                inflight.discard(key)
+            forget = functools.partial(inflight.discard, key)
 
         raw = future.wrapped_future
         try:

@@ -7,6 +7,7 @@ the environment before Prefect (and the Dask/Ray workers) read their settings.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ import pytest
 GC_WARNING = "garbage collected before it resolved"
 ROOT = Path(__file__).resolve().parent.parent
 
-_server: "subprocess.Popen | None" = None
+_stack = contextlib.ExitStack()
 _home: "str | None" = None
 
 
@@ -84,7 +84,7 @@ def _kill_group(proc: "subprocess.Popen", timeout: float = 30) -> None:
 
 def pytest_configure(config):
     """Start the Prefect server before any test module imports prefect."""
-    global _server, _home
+    global _home
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -94,42 +94,10 @@ def pytest_configure(config):
     os.environ["PREFECT_HOME"] = _home
     if os.environ.get("PFA_NO_SERVER"):
         return
-    port = free_port()
-    log = Path(_home) / "server.log"
-    env = dict(
-        os.environ,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        # The server's start-up would import every ``prefect.collections`` entry point
-        # (block registration).  On prefect 3.0.x importing prefect_ray there runs
-        # ray's ``logging.config.dictConfig``, whose flush of Prefect's API log handler
-        # starts the global loop thread while holding logging's lock: a deadlock.
-        # The tests use no blocks, so skip the registration (names valid in all 3.x).
-        PREFECT_API_BLOCKS_REGISTER_ON_START="false",
-        PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
-    )
-    env.pop("PREFECT_API_URL", None)
-    # The console script, not ``python -m prefect``: prefect < 3.2 has no ``prefect.__main__``.
-    prefect_bin = Path(sys.executable).with_name("prefect")
-    _server = subprocess.Popen(
-        [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
+    from prefect_future_anchor.server import prefect_server
 
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-
-    try:
-        _wait_until(healthy, 120, "prefect server", _server, log)
-    except Exception:
-        _kill_group(_server)
-        raise
-    os.environ["PREFECT_API_URL"] = url
+    # Exports PREFECT_API_URL for the tests and the Dask/Ray workers they start.
+    _stack.enter_context(prefect_server(startup_timeout=120, home=_home))
 
 
 #: Variants the stock release itself cannot run, whatever the shim does:
@@ -171,8 +139,7 @@ def pytest_unconfigure(config):
         # traceback, say) calls ray.get(), whose auto-init would connect to the head
         # this session already stopped and retry it for good: the run never ends.
         auto_init.enable_auto_connect = False
-    if _server is not None:
-        _kill_group(_server)
+    _stack.close()
     if _home:
         shutil.rmtree(_home, ignore_errors=True)
 
