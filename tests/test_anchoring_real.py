@@ -56,8 +56,10 @@ def test_variant_with_shim_is_silent_and_correct(kind, variant, make_runner, gc_
     assert settle(gc_warnings) == 0
 
 
+# Ray's stock warning is shown by the seed flow above; these controls run on Dask
+# (each Ray flow costs a driver connection, and CI's time is bounded).
 @pytest.mark.parametrize("variant", ["nested", "wait_for", "diamond", "chain40"])
-@pytest.mark.parametrize("kind", RUNNERS)
+@pytest.mark.parametrize("kind", [r for r in RUNNERS if r == "dask"])
 def test_variant_stock_reproduces_warning(kind, variant, make_runner, gc_warnings):
     """Control: without the shim the same variant warns where the release is affected."""
     run, expected = VARIANTS[variant]
