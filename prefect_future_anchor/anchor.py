@@ -112,20 +112,22 @@ def hold(
     parents: Iterable[Any],
     when_done: Callable[[Callable[..., None]], None],
     also: Optional[Callable[[], None]] = None,
-) -> None:
+) -> Optional[Callable[[], None]]:
     """Keep ``parents`` referenced until ``when_done`` calls back, then drop them.
 
     ``also`` runs at the same moment (the drain uses it to forget the run).
+    Returns the release (idempotent), or None if nothing was held.
     """
     held = list(parents)
     if not held and also is None:
-        return
+        return None
     release = _Anchor(held, also)
     try:
         when_done(release)
     except BaseException:
         release()
         raise
+    return release
 
 
 def live_anchors() -> int:

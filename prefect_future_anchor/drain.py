@@ -27,12 +27,19 @@ class Inflight:
     """The runs of one runner that have not resolved yet (forgotten as they resolve)."""
 
     def __init__(self) -> None:
-        self._runs: Dict[Any, Tuple[str, Any]] = {}
+        self._runs: Dict[Any, List[Any]] = {}
         self._lock = threading.Lock()
 
     def add(self, key: Any, name: str, future: Any) -> None:
         with self._lock:
-            self._runs[key] = (name, future)
+            self._runs[key] = [name, future, None]
+
+    def attach(self, key: Any, release: Any) -> None:
+        """Remember the run's anchor release (if the run has not resolved already)."""
+        with self._lock:
+            entry = self._runs.get(key)
+            if entry is not None:
+                entry[2] = release
 
     def discard(self, key: Any) -> None:
         with self._lock:
@@ -40,7 +47,19 @@ class Inflight:
 
     def pending(self) -> List[Tuple[str, Any]]:
         with self._lock:
-            return list(self._runs.values())
+            return [(name, future) for name, future, _release in self._runs.values()]
+
+    def give_up(self, futures: List[Any]) -> None:
+        """Release the anchors of runs that were cancelled and forget them now:
+        their completion callbacks may never fire once Ray is shut down."""
+        wanted = {id(future) for future in futures}
+        with self._lock:
+            entries = [(k, e) for k, e in self._runs.items() if id(e[1]) in wanted]
+            for key, _entry in entries:
+                del self._runs[key]
+        for _key, (_name, _future, release) in entries:
+            if release is not None:
+                release()
 
     def __len__(self) -> int:
         with self._lock:
@@ -132,6 +151,7 @@ def drain(
         reason = "unresolved at task runner exit (on_exit='cancel')"
     for _name, future in runs:
         cancel(future.wrapped_future)
+    inflight.give_up([future for _name, future in runs])
     log.warning(
         "prefect-future-anchor: cancelled %d task run(s) %s: %s",
         len(runs),

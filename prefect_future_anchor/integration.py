@@ -186,11 +186,13 @@ class RunnerIntegration:
 
         raw = future.wrapped_future
         try:
-            anchor.hold(parents, lambda release: self.when_done(raw, release), forget)
+            release = anchor.hold(parents, lambda release: self.when_done(raw, release), forget)
         except BaseException:
             if forget is not None:
                 forget()
             raise
+        if forget is not None:
+            inflight.attach(key, release)
 
     def _exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         try:
