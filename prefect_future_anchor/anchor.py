@@ -165,6 +165,14 @@ class Handoff:
                     self._thread.start()
         self._queue.put(fn)
 
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted so far has run (False on timeout)."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(done.set)
+        return done.wait(timeout)
+
     def _run(self) -> None:
         while True:
             fn = self._queue.get()

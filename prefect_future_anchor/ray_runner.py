@@ -9,6 +9,7 @@ on prefect-ray 0.4.0-0.4.4.  0.4.4's ``__del__`` also warns for finished runs.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable
 
 import wrapt
@@ -41,6 +42,24 @@ class RayIntegration(RunnerIntegration):
     def is_done(self, raw: Any) -> bool:
         return ready(raw)
 
+    def _exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """Let the releases Ray already handed over run before ``ray.shutdown()``:
+        a Ray call on the hand-off thread while the core worker is being destroyed
+        aborts the process."""
+
+        def stock_exit(*a: Any, **k: Any) -> Any:
+            try:
+                self._handoff.flush(30)
+            except Exception as exc:  # pragma: no cover - defensive
+                guard.failed("ray.flush", exc)
+            _shutting_down.set()
+            try:
+                return wrapped(*a, **k)
+            finally:
+                _shutting_down.clear()
+
+        return super()._exit_wrapper(stock_exit, instance, args, kwargs)
+
     def cancel(self, raw: Any) -> None:
         sys.modules["ray"].cancel(raw, force=True)
 
@@ -69,6 +88,10 @@ def ready(raw: Any) -> bool:
 def _silent_when_ready(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     try:
         ray = sys.modules.get("ray")
+        if _shutting_down.is_set() or ray is None or not ray.is_initialized():
+            # Any Ray call now would hit a core worker being destroyed, or (stock
+            # ray.get) auto-initialise a new Ray from a finaliser: say nothing.
+            return None
         if (
             instance._final_state is None
             and ray is not None
@@ -80,5 +103,7 @@ def _silent_when_ready(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
         guard.failed("ray.ready-del", exc)
     return wrapped(*args, **kwargs)
 
+
+_shutting_down = threading.Event()
 
 integration = RayIntegration()
