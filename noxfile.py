@@ -42,6 +42,8 @@ class Row:
     warns: str = ""
     #: runners whose stock future warns even for a finished run (prefect-ray 0.4.4)
     warns_finished: str = ""
+    #: stock DaskTaskRunner creates several clients when threads submit first at once (prefect-dask 0.3.4+)
+    races: bool = False
     #: runners the tests exercise (default: every runner installed)
     run: Optional[str] = None
     #: runners ``-- ci`` exercises (default: ``run``); Ray costs about 2 minutes a row
@@ -66,10 +68,10 @@ ROWS = [
     Row("3.0.0",  "3.0.0",  "0.3.0",  "0.4.0", "2024-09-04", warns="dask,ray", run="dask", why="stock prefect-ray 0.4.0 crashes its Ray workers"),
     Row("3.1.2",  "3.1.2",  "0.3.2",  "0.4.2", "2024-11-16", warns="dask,ray", ci="dask"),
     Row("3.2.7",  "3.2.7",  "0.3.3",  "0.4.3", "2025-02-21", warns="dask,ray", ci="dask"),
-    Row("3.3.7",  "3.3.7",  "0.3.5",  "0.4.4", "2025-04-29", warns="dask,ray", warns_finished="ray", ci="dask"),
-    Row("3.4.6",  "3.4.6",  "0.3.5",  "0.4.4", "2025-06-12", warns="dask,ray", warns_finished="ray", ci="dask"),
-    Row("3.4.7",  "3.4.7",  "0.3.6",  "0.4.5", "2025-06-28", ci="dask"),
-    Row("3.9.1",  "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31"),
+    Row("3.3.7",  "3.3.7",  "0.3.5",  "0.4.4", "2025-04-29", warns="dask,ray", warns_finished="ray", races=True, ci="dask"),
+    Row("3.4.6",  "3.4.6",  "0.3.5",  "0.4.4", "2025-06-12", warns="dask,ray", warns_finished="ray", races=True, ci="dask"),
+    Row("3.4.7",  "3.4.7",  "0.3.6",  "0.4.5", "2025-06-28", races=True, ci="dask"),
+    Row("3.9.1",  "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True),
     Row("2.20.0", "2.20.0", "0.2.10", "0.3.7", "2024-08-06"),
 ]
 # fmt: on
@@ -77,8 +79,9 @@ ROWS = [
 QUICK = [
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
+    "tests/test_concurrent_start_real.py",
 ]
-FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py"]
+FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py"]
 UNSUPPORTED = ["tests/test_unsupported_release.py"]
 
 
@@ -110,6 +113,7 @@ def matrix(session: nox.Session, row: Row) -> None:
         "PFA_RUNNERS": runners,
         "PFA_EXPECT_STOCK_WARNINGS": row.warns,
         "PFA_EXPECT_FINISHED_WARNINGS": row.warns_finished,
+        "PFA_EXPECT_CLIENT_RACE": "1" if row.races else "0",
     }
     if not row.supported:
         env["PFA_NO_SERVER"] = "1"

@@ -211,7 +211,12 @@ def _apply(integration: RunnerIntegration, module: Any, from_hook: bool = False)
                 patch.distribution,
                 releases.TESTED[patch.distribution],
             )
-        integration.patch(patch.name)
+        try:
+            integration.patch(patch.name)
+        except Exception as exc:  # the shim's own failure: keep stock behaviour
+            guard.failed(f"install {patch.name}", exc)
+            _skipped[patch.name] = f"failed to apply ({type(exc).__name__}: {exc}); stock behaviour kept"
+            continue
         _skipped.pop(patch.name, None)
 
 

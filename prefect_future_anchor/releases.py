@@ -72,6 +72,17 @@ PATCHES = (
         "(ray.wait(timeout=0), nothing fetched) stays silent.",
     ),
     Patch(
+        "dask.client-once",
+        "prefect-dask",
+        ">=0.3.4",
+        "DaskTaskRunner creates its Dask client on first use with no lock: "
+        "threads of a flow that submit their first runs at the same moment each "
+        "create a client (and, with no address, a LocalCluster), and a child "
+        "sent through one client can reach the scheduler before its parent sent "
+        "through another, which cancels it ('lost dependencies'). The client is "
+        "created once.",
+    ),
+    Patch(
         "dask.drain",
         "prefect-dask",
         ">=0.3.0",

@@ -167,11 +167,6 @@ def test_ray_child_raises_and_child_process_exits(ray_address, gc_warnings, shim
 # -- install()/uninstall() toggled while eight threads submit -----------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: twice seen to lose one run ('lost dependencies': a parent's Dask key released before its "
-    "child reached the scheduler) while install()/uninstall() toggled; cause (shim or stock Dask) not yet found",
-)
 @pytest.mark.skipif("dask" not in RUNNERS, reason="this environment has no prefect-dask (PFA_RUNNERS)")
 def test_toggling_install_while_threads_submit(dask_address):
     from prefect_dask import DaskTaskRunner
@@ -180,6 +175,7 @@ def test_toggling_install_while_threads_submit(dask_address):
     originals = {
         "submit": DaskTaskRunner.__dict__["submit"],
         "__exit__": DaskTaskRunner.__dict__["__exit__"],
+        "client": DaskTaskRunner.__dict__.get("client"),  # a property from prefect-dask 0.3.4
         "wrapped_future": PrefectDaskFuture.__dict__.get("wrapped_future"),  # inherited: None
     }
     per_thread = 25
@@ -213,6 +209,10 @@ def test_toggling_install_while_threads_submit(dask_address):
     shared.submitter, shared.toggler = submitter, toggler
 
     def busy():
+        # One run before the threads start: the runner's Dask client exists, so a
+        # toggle that leaves dask.client-once off cannot race its creation
+        # (stock prefect-dask 0.3.4+ does; tests/test_concurrent_start_real.py).
+        assert parent.submit(-1).result(timeout=120) == -1
         outs = [[] for _ in range(8)]
         threads = [
             threading.Thread(target=contextvars.copy_context().run, args=(shared.submitter, n, outs[n]))
@@ -235,6 +235,7 @@ def test_toggling_install_while_threads_submit(dask_address):
     assert all(result == 2 * value for value, result in results)
     assert DaskTaskRunner.__dict__["submit"] is originals["submit"]
     assert DaskTaskRunner.__dict__["__exit__"] is originals["__exit__"]
+    assert DaskTaskRunner.__dict__.get("client") is originals["client"]
     assert PrefectDaskFuture.__dict__.get("wrapped_future") is originals["wrapped_future"]
     assert not prefect_future_anchor.is_installed()
     assert prefect_future_anchor.wait_released(60)

@@ -32,6 +32,7 @@ def originals():
         for owner, attribute in (
             (runner, "submit"),
             (runner, "__exit__"),
+            (runner, "client"),
             (future, "wrapped_future"),
             (future, "__del__"),
         ):
@@ -194,6 +195,35 @@ def test_unrecognised_structure_is_skipped_with_one_warning(monkeypatch, caplog)
     assert "submit" in DaskTaskRunner.__dict__ and not hasattr(DaskTaskRunner.__dict__["submit"], "__wrapped__")
     with pytest.raises(prefect_future_anchor.UnsupportedReleaseError, match="_optimize_futures"):
         prefect_future_anchor.install(strict=True)
+
+
+def test_a_patch_that_fails_to_apply_is_logged_once_and_left_stock(monkeypatch, caplog):
+    """The shim's own failure while patching: install() still returns, that patch is
+    reported skipped with the reason, the runner keeps the stock attribute, one log line."""
+    from prefect_dask.task_runners import DaskTaskRunner
+
+    from prefect_future_anchor import dask_runner
+
+    before = originals()
+
+    def broken(original):
+        raise RuntimeError("simulated failure inside the shim")
+
+    monkeypatch.setattr(dask_runner, "created_once", broken)
+    monkeypatch.setattr(guard, "_reported", set())
+    with caplog.at_level(logging.ERROR, logger="prefect_future_anchor"):
+        report = prefect_future_anchor.install()
+        prefect_future_anchor.uninstall()
+        report_again = prefect_future_anchor.install()
+    status = report.patch("dask.client-once")
+    assert status.state == "skipped" and "simulated failure" in status.reason, str(report)
+    assert report_again.patch("dask.client-once").state == "skipped"
+    assert report.patch("dask.drain").state == "applied"
+    assert DaskTaskRunner.__dict__["client"] is before[("DaskTaskRunner", "client")]
+    errors = [r for r in caplog.records if "internal error in install dask.client-once" in r.getMessage()]
+    assert len(errors) == 1
+    prefect_future_anchor.uninstall()
+    assert originals() == before
 
 
 def test_newer_release_than_tested_says_untested_once(monkeypatch, caplog):

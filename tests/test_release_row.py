@@ -3,9 +3,10 @@
 The row (``noxfile.py``) states what was observed on the real release, independently of
 the shim's own table: ``PFA_EXPECT_STOCK_WARNINGS`` names the runners whose seed flow
 warns, ``PFA_EXPECT_FINISHED_WARNINGS`` the runners that warn even for a run that has
-finished (prefect-ray 0.4.4).  The guard table must agree with it: a runner that warns
-is anchored, one that warns for finished runs also gets ``ray.ready-del``, and every
-installed runner is drained.  Defaults are the reference environment (prefect 3.3.7,
+finished (prefect-ray 0.4.4), ``PFA_EXPECT_CLIENT_RACE=1`` that threads submitting at once
+create several Dask clients (prefect-dask 0.3.4+).  The guard table must agree with it: a
+runner that warns is anchored, one that warns for finished runs also gets ``ray.ready-del``,
+a racing Dask runner gets ``dask.client-once``, and every installed runner is drained.  Defaults are the reference environment (prefect 3.3.7,
 prefect-dask 0.3.5, prefect-ray 0.4.4).
 """
 
@@ -29,6 +30,10 @@ def finished_warns(runner: str) -> bool:
     return runner in os.environ.get("PFA_EXPECT_FINISHED_WARNINGS", "ray").split(",")
 
 
+def client_races() -> bool:
+    return os.environ.get("PFA_EXPECT_CLIENT_RACE", "1") == "1"
+
+
 def expected_patches(versions) -> set:
     expected = set()
     for distribution, integration in INTEGRATIONS.items():
@@ -39,6 +44,8 @@ def expected_patches(versions) -> set:
             expected.add(f"{integration.name}.anchor")
         if finished_warns(integration.name):
             expected.add(f"{integration.name}.ready-del")
+        if integration.name == "dask" and client_races():
+            expected.add("dask.client-once")
     return expected
 
 

@@ -56,10 +56,11 @@ def test_in_range(version, spec, inside):
 # The claims of FACTS.md, row by row, checked against the table the guards read.
 ROWS = [
     ("3.0.0", "0.3.0", "0.4.0", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
-    ("3.3.7", "0.3.5", "0.4.4", {"dask.anchor", "ray.anchor", "ray.ready-del", "dask.drain", "ray.drain"}),
-    ("3.4.6", "0.3.5", "0.4.3", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
-    ("3.4.7", "0.3.6", "0.4.5", {"dask.drain", "ray.drain"}),
-    ("3.9.1", "0.3.7", "0.6.0", {"dask.drain", "ray.drain"}),
+    ("3.2.7", "0.3.3", "0.4.3", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
+    ("3.3.7", "0.3.5", "0.4.4", {"dask.anchor", "ray.anchor", "ray.ready-del", "dask.client-once", "dask.drain", "ray.drain"}),
+    ("3.4.6", "0.3.5", "0.4.3", {"dask.anchor", "ray.anchor", "dask.client-once", "dask.drain", "ray.drain"}),
+    ("3.4.7", "0.3.6", "0.4.5", {"dask.client-once", "dask.drain", "ray.drain"}),
+    ("3.9.1", "0.3.7", "0.6.0", {"dask.client-once", "dask.drain", "ray.drain"}),
     ("2.20.17", "0.2.10", "0.3.7", set()),
 ]
 
