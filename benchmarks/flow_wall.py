@@ -34,8 +34,8 @@ def rows(pairs: int, tasks: int):
     times = {"stock": [], "patched": []}
     expected = sum(i + 2 for i in range(tasks // 2))
     with services.dask_cluster(n_workers=2, threads_per_worker=2) as address:
+        flow(chains(min(tasks, 50)), name="bench-warm-up", task_runner=DaskTaskRunner(address=address))()
         body = chains(tasks)
-        flow(body, name="bench-warm-up", task_runner=DaskTaskRunner(address=address))()
         for pair in range(pairs):
             order = ("stock", "patched") if pair % 2 == 0 else ("patched", "stock")
             for side in order:

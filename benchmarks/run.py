@@ -66,6 +66,13 @@ def startup_rows(runs: int):
     return out
 
 
+def progress(new_rows, started):
+    """Print each part's rows as soon as it is done (a long run shows its way)."""
+    for row in new_rows:
+        print(f"[{time.monotonic() - started:6.0f} s] {row}", file=sys.stderr, flush=True)
+    return new_rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: shows the benchmarks still work")
@@ -79,10 +86,13 @@ def main(argv=None) -> int:
         import memory
         import submit
 
-        rows += submit.rows(size["submit_rounds"], size["submit_batch"])
-        rows += flow_wall.rows(size["wall_pairs"], size["wall_tasks"])
-        rows += memory.rows(size["memory_rounds"])
-    rows += startup_rows(size["startup_runs"])
+        for part in (
+            lambda: submit.rows(size["submit_rounds"], size["submit_batch"]),
+            lambda: flow_wall.rows(size["wall_pairs"], size["wall_tasks"]),
+            lambda: memory.rows(size["memory_rounds"]),
+        ):
+            rows += progress(part(), started)
+    rows += progress(startup_rows(size["startup_runs"]), started)
     print()
     print(f"{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s; {header}")
     print()

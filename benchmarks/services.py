@@ -37,19 +37,8 @@ def prefect_server():
         yield url
 
 
-@contextlib.contextmanager
 def dask_cluster(n_workers: int = 2, threads_per_worker: int = 2):
     """A LocalCluster (worker processes; ``n_workers=0``: a scheduler only)."""
-    from distributed import LocalCluster
+    from prefect_future_anchor.server import dask_cluster as cluster
 
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+    return cluster(n_workers=n_workers, threads_per_worker=threads_per_worker)

@@ -5,20 +5,24 @@ then shimmed, against a Prefect server started for the demo.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
-from .server import prefect_server
+from .server import dask_cluster, prefect_server
 
 GC_WARNING = "garbage collected before it resolved"
 
 
-class _Counter(logging.Handler):
+class GcWarningCounter(logging.Handler):
+    """Counts Prefect's "A future was garbage collected before it resolved" records."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.count = 0
@@ -28,7 +32,22 @@ class _Counter(logging.Handler):
             self.count += 1
 
 
-def _tasks():
+@contextlib.contextmanager
+def counting_gc_warnings() -> Iterator[GcWarningCounter]:
+    """A :class:`GcWarningCounter` on the ``prefect`` logger while the block runs."""
+    counter = GcWarningCounter()
+    logger = logging.getLogger("prefect")
+    logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+
+
+@functools.lru_cache(maxsize=None)
+def seed_tasks():
+    """``task1``, ``task2`` of the seed flow and the fire-and-forget ``touch``
+    (made on first use: importing this module does not import prefect)."""
     from prefect import task
 
     @task
@@ -52,7 +71,7 @@ def seed_flow(runner) -> List[int]:
     from prefect import flow
     from prefect.futures import wait
 
-    task1, task2, _touch = _TASKS
+    task1, task2, _touch = seed_tasks()
 
     @flow(name="seed", task_runner=runner)
     def seed():
@@ -70,7 +89,7 @@ def fire_and_forget_flow(runner, directory: str) -> None:
     """10 x touch.submit(i) with the futures dropped; the flow returns at once."""
     from prefect import flow
 
-    _task1, _task2, touch = _TASKS
+    _task1, _task2, touch = seed_tasks()
 
     @flow(name="fire-and-forget", task_runner=runner)
     def fire_and_forget():
@@ -80,15 +99,10 @@ def fire_and_forget_flow(runner, directory: str) -> None:
     fire_and_forget()
 
 
-_TASKS = None
-
-
 def _measure(make_runner, label: str, scratch: str) -> Dict[str, object]:
     import prefect_future_anchor
 
-    counter = _Counter()
-    logging.getLogger("prefect").addHandler(counter)
-    try:
+    with counting_gc_warnings() as counter:
         results = seed_flow(make_runner())
         prefect_future_anchor.wait_released(120)
         gc.collect()
@@ -97,8 +111,6 @@ def _measure(make_runner, label: str, scratch: str) -> Dict[str, object]:
         fire_and_forget_flow(make_runner(), directory)
         prefect_future_anchor.wait_released(120)
         done = len(list(Path(directory).glob("*.done")))
-    finally:
-        logging.getLogger("prefect").removeHandler(counter)
     return {
         "label": label,
         "warnings": warnings,
@@ -108,7 +120,6 @@ def _measure(make_runner, label: str, scratch: str) -> Dict[str, object]:
 
 
 def run_demo(which: str = "both") -> int:
-    global _TASKS
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
@@ -117,17 +128,13 @@ def run_demo(which: str = "both") -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     rows = []
     with prefect_server(), tempfile.TemporaryDirectory() as scratch:
-        _TASKS = _tasks()
         if which in ("dask", "both"):
-            from distributed import LocalCluster
             from prefect_dask import DaskTaskRunner
 
-            with LocalCluster(
-                n_workers=2, threads_per_worker=1, dashboard_address=None, host="127.0.0.1"
-            ) as cluster:
+            with dask_cluster(n_workers=2, threads_per_worker=1) as address:
 
                 def dask_runner():
-                    return DaskTaskRunner(address=cluster.scheduler_address)
+                    return DaskTaskRunner(address=address)
 
                 prefect_future_anchor.uninstall()
                 rows.append(_measure(dask_runner, "DaskTaskRunner, stock", scratch))

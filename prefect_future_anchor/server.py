@@ -1,4 +1,5 @@
-"""A throw-away Prefect server on loopback for the demo, the tests and the benchmarks."""
+"""Throw-away services on loopback for the demo, the tests and the benchmarks:
+a Prefect server (:func:`prefect_server`) and a Dask LocalCluster (:func:`dask_cluster`)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,23 @@ def prefect_server(startup_timeout: float = 180, home: "str | None" = None) -> I
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
+
+
+@contextlib.contextmanager
+def dask_cluster(n_workers: int = 2, threads_per_worker: int = 2) -> Iterator[str]:
+    """A Dask ``LocalCluster`` of worker processes on 127.0.0.1, no dashboard;
+    yields the scheduler address and closes the cluster by its handle.
+    ``n_workers=0`` gives a scheduler alone."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()

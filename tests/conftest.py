@@ -8,7 +8,6 @@ the environment before Prefect (and the Dask/Ray workers) read their settings.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -148,19 +147,10 @@ def pytest_unconfigure(config):
 def dask_address():
     if "dask" not in runners_available():
         pytest.skip("this environment has no prefect-dask (PFA_RUNNERS)")
-    from distributed import LocalCluster
+    from prefect_future_anchor.server import dask_cluster
 
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+    with dask_cluster(n_workers=2, threads_per_worker=2) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -200,27 +190,13 @@ def ray_address(tmp_path_factory):
         _kill_group(proc, timeout=60)
 
 
-class GcWarnings(logging.Handler):
-    """Counts Prefect's "A future was garbage collected before it resolved" records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if GC_WARNING in record.getMessage():
-            self.count += 1
-
-
 @pytest.fixture
 def gc_warnings():
-    handler = GcWarnings()
-    logger = logging.getLogger("prefect")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
+    """A counter of Prefect's "garbage collected before it resolved" records."""
+    from prefect_future_anchor.demo import counting_gc_warnings
+
+    with counting_gc_warnings() as counter:
+        yield counter
 
 
 @pytest.fixture

@@ -3,6 +3,10 @@
 Each ``run_*`` takes a task runner, runs the flow against the session's
 Prefect server and returns the flow's result.  Parents are dropped by user
 code exactly as in the bug report: only the dependent's future is kept.
+
+This module never imports prefect_future_anchor (the zero-code activation tests
+run it in a fresh interpreter to show the switch alone activates the shim), so
+it keeps its own copy of the demo's seed tasks.
 """
 
 from __future__ import annotations

@@ -56,6 +56,14 @@ def test_variant_with_shim_is_silent_and_correct(kind, variant, make_runner, gc_
     assert settle(gc_warnings) == 0
 
 
+def assert_warns_as_stock(kind, count):
+    """The stock release's behaviour: warnings where it is affected, none where not."""
+    if stock_warns(kind):
+        assert count >= 1
+    else:
+        assert count == 0
+
+
 # Ray's stock warning is shown by the seed flow above; these controls run on Dask
 # (each Ray flow costs a driver connection, and CI's time is bounded).
 @pytest.mark.parametrize("variant", ["nested", "wait_for", "diamond", "chain40"])
@@ -64,11 +72,7 @@ def test_variant_stock_reproduces_warning(kind, variant, make_runner, gc_warning
     """Control: without the shim the same variant warns where the release is affected."""
     run, expected = VARIANTS[variant]
     assert run(make_runner(kind)) == expected
-    count = settle(gc_warnings)
-    if stock_warns(kind):
-        assert count >= 1
-    else:
-        assert count == 0
+    assert_warns_as_stock(kind, settle(gc_warnings))
 
 
 @pytest.mark.parametrize("kind", RUNNERS)
@@ -85,11 +89,7 @@ def test_uninstall_restores_stock_behaviour(kind, make_runner, gc_warnings, shim
     shim()
     prefect_future_anchor.uninstall()
     assert run_seed(make_runner(kind)) == [84] * 10
-    count = settle(gc_warnings)
-    if stock_warns(kind):
-        assert count >= 1
-    else:
-        assert count == 0
+    assert_warns_as_stock(kind, settle(gc_warnings))
 
 
 @pytest.mark.parametrize("kind", RUNNERS)

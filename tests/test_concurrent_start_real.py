@@ -21,7 +21,7 @@ from conftest import runners_available
 from fault_tasks import child, parent
 
 THREADS = 8
-ROUNDS = 4
+ROUNDS = 3
 
 pytestmark = pytest.mark.skipif("dask" not in runners_available(), reason="this environment has no prefect-dask")
 
@@ -61,23 +61,21 @@ def first_submits_at_once(address: str, rounds: int):
                     f.wait(120)
                 lost = sum(1 for _c, f in chains if not f.state.is_completed())
                 assert all(f.result() == 2 * n for n, (_c, f) in enumerate(chains) if f.state.is_completed())
-                del chains
+                chains = None  # drop the futures before the next runner
                 seen.append((len(clients), lost))
         return seen
 
     return body()
 
 
+@pytest.mark.skipif(not races(), reason="this release creates its Dask client in __enter__: no race to show")
 def test_first_submits_from_eight_threads(dask_address, shim):
     stock = first_submits_at_once(dask_address, ROUNDS)
     report = shim()
     shimmed = first_submits_at_once(dask_address, ROUNDS)
 
-    if races():
-        assert report.patch("dask.client-once").state == "applied", str(report)
-        # the control: stock really creates several clients here (if a release
-        # fixes it, the row's PFA_EXPECT_CLIENT_RACE must change with it)
-        assert any(clients > 1 for clients, _lost in stock), stock
-    else:
-        assert all(clients == 1 for clients, _lost in stock), stock
+    assert report.patch("dask.client-once").state == "applied", str(report)
+    # the control: stock really creates several clients here (if a release fixes
+    # it, the row's PFA_EXPECT_CLIENT_RACE must change with it)
+    assert any(clients > 1 for clients, _lost in stock), f"stock made one client each time: {stock}"
     assert shimmed == [(1, 0)] * ROUNDS, f"stock {stock}, shimmed {shimmed}"

@@ -32,8 +32,8 @@ from prefect import flow
 
 from fault_tasks import DriverSide, child, exits, parent, raises
 
-# Opt-in (``./run faults``): about 5 minutes on the 2-core machine, outside CI's budget for now.
-pytestmark = pytest.mark.faults
+# The worker-kill and Ray fault tests are opt-in (``./run faults``, about 4 minutes on
+# the 2-core machine); the toggle test runs in CI.
 
 RUNNERS = runners_available()
 CHAINS = 100  # 200 dependent task runs for Dask
@@ -100,6 +100,7 @@ def dask_processes(tmp_path):
             _kill_group(proc)
 
 
+@pytest.mark.faults
 def test_dask_worker_killed_mid_flow(dask_processes, gc_warnings, shim):
     """200 dependent runs; one worker process is SIGKILLed once 25 of the 100
     children have completed: every run completes, no warning, all anchors released."""
@@ -139,6 +140,7 @@ def test_dask_worker_killed_mid_flow(dask_processes, gc_warnings, shim):
 # -- Ray: a child that raises, a child whose process exits --------------------------------
 
 
+@pytest.mark.faults
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
 def test_ray_child_raises_and_child_process_exits(ray_address, gc_warnings, shim):
     from prefect_ray import RayTaskRunner
