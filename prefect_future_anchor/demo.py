@@ -35,6 +35,10 @@ class GcWarningCounter(logging.Handler):
 @contextlib.contextmanager
 def counting_gc_warnings() -> Iterator[GcWarningCounter]:
     """A :class:`GcWarningCounter` on the ``prefect`` logger while the block runs."""
+    # Prefect sets its logging up (dictConfig, which replaces the handlers of the
+    # ``prefect`` logger) on first use of its top-level API: let that happen first.
+    from prefect import flow  # noqa: F401
+
     counter = GcWarningCounter()
     logger = logging.getLogger("prefect")
     logger.addHandler(counter)
