@@ -5,7 +5,8 @@
   the flow's dependent runs have completed, as seen by done callbacks;
 - a Ray head started here (the session's ``ray_address``): a child that raises and
   a child whose worker process exits (``os._exit``), next to ordinary chains;
-- eight threads submitting while another toggles ``install()`` / ``uninstall()``.
+- eight threads submitting while another toggles ``install()`` / ``uninstall()``
+  (in CI; the first two are opt-in: ``./run faults``).
 
 The flow of the first two: ``CHAINS`` chains ``parent(i) -> child(parent)``,
 only the children's futures kept (the seed flow's shape, 2 x CHAINS runs).
