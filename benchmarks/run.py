@@ -1,7 +1,7 @@
 """Run every benchmark and print one markdown table (stock vs patched, ratio, goal).
 
-    .venv/bin/python benchmarks/run.py            # the full set, ~10 min on 2 cores
-    .venv/bin/python benchmarks/run.py --quick    # every benchmark, small sizes (~2 min): CI
+    .venv/bin/python benchmarks/run.py            # the full set, about an hour on 2 cores
+    .venv/bin/python benchmarks/run.py --quick    # every benchmark, small sizes (about 5 min)
 
 Ratios are patched / stock, both measured side by side in this one process
 (alternating, medians).  Nothing here asserts a time: the machine is noisy.
