@@ -92,12 +92,7 @@ def _silent_when_ready(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
             # Any Ray call now would hit a core worker being destroyed, or (stock
             # ray.get) auto-initialise a new Ray from a finaliser: say nothing.
             return None
-        if (
-            instance._final_state is None
-            and ray is not None
-            and ray.is_initialized()
-            and ready(instance._wrapped_future)
-        ):
+        if instance._final_state is None and ready(instance._wrapped_future):
             return None
     except Exception as exc:
         guard.failed("ray.ready-del", exc)

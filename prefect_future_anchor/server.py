@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: on Linux, get SIGTERM if the process that
     started the server dies without stopping it (a killed test run)."""
@@ -36,9 +43,7 @@ def prefect_server(startup_timeout: float = 180, home: "str | None" = None) -> I
     report to it (older prefect-ray workers otherwise start servers of their own).
     """
     home = home or tempfile.mkdtemp(prefix="pfa-prefect-home-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(
         os.environ,
         PREFECT_HOME=home,

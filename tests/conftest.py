@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
-GC_WARNING = "garbage collected before it resolved"
+# Neither module imports prefect; test modules import these names from here.
+from prefect_future_anchor.demo import GC_WARNING  # noqa: F401
+from prefect_future_anchor.server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _stack = contextlib.ExitStack()
@@ -41,12 +43,6 @@ def stock_warns(runner: str) -> bool:
     sets it per row from its own table, independently of the shim's guard table.
     """
     return runner in os.environ.get("PFA_EXPECT_STOCK_WARNINGS", "dask,ray").split(",")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until(check, timeout: float, what: str, proc: "subprocess.Popen | None" = None, log=None) -> None:
