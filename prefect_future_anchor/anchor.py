@@ -1,183 +1,121 @@
-"""Keep a dependent's parent futures alive until the dependent's run resolves.
+"""Hold every submitted run's Prefect future until that run resolves.
 
-This module knows nothing about Dask or Ray.  A runner integration supplies two
-facts: which futures a child depends on (captured while the stock ``submit``
-swaps them for raw futures, see :func:`recording_property`) and a way to be
-called back when the child's underlying run is done (``when_done``).
+This one mechanism serves both corrections, and knows nothing about Dask or Ray
+(each runner integration supplies "call me when this run is done"):
 
-Nothing here grows with the number of submitted runs: an anchor is a closure
-owned by the child run's completion callback, dropped when it fires.
+- the false warning (prefect-dask 0.3.0-0.3.5, prefect-ray 0.4.0-0.4.4): the
+  stock ``__del__`` is silent for a run that has resolved, and a future that
+  user code dropped after handing it to a dependent is now collected only once
+  its own run has resolved;
+- the drain: the futures still held when the runner exits are exactly the
+  runs that have not resolved (``ThreadPoolTaskRunner`` waits for those).
+
+Nothing here grows with the number of runs that have resolved: an entry is
+dropped by its run's completion callback, and whatever is left when the runner
+exits is let go there.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from . import guard
+_ATTRIBUTE = "_prefect_future_anchor_runs"
 
-_tls = threading.local()
-_released = threading.Condition()
+_count = threading.Condition()
 _live = 0
 
 
-def begin_capture() -> Optional[Dict[int, Any]]:
-    """Start collecting the futures the stock conversion unwraps on this thread.
-
-    Returns the enclosing capture (normally None) to hand back to :func:`end_capture`.
-    """
-    previous = getattr(_tls, "capture", None)
-    _tls.capture = {}
-    return previous
-
-
-def end_capture(previous: Optional[Dict[int, Any]]) -> Dict[int, Any]:
-    captured = getattr(_tls, "capture", None) or {}
-    _tls.capture = previous
-    return captured
-
-
-def recording_property(original: property) -> property:
-    """A copy of a future class's ``wrapped_future`` property that also notes the
-    future in the current capture.
-
-    The stock ``submit`` of both runners unwraps each upstream Prefect future by
-    reading ``future.wrapped_future`` inside its own ``visit_collection`` walk, so
-    noting those reads finds exactly the futures Prefect swapped, at every depth
-    Prefect walks, without a walk of our own.
-    """
-    getter = original.fget
-
-    def wrapped_future(self):
-        capture = getattr(_tls, "capture", None)
-        if capture is not None:
-            capture[id(self)] = self
-        return getter(self)
-
-    wrapped_future.__doc__ = getter.__doc__
-    return property(wrapped_future, original.fset, original.fdel, original.__doc__)
-
-
-def add_waited(captured: Dict[int, Any], wait_for: Any, future_type: type) -> None:
-    """Add the futures of ``wait_for`` (a flat collection, as Prefect passes it)."""
-    if isinstance(wait_for, (list, tuple, set, frozenset)):
-        for item in wait_for:
-            if isinstance(item, future_type):
-                captured[id(item)] = item
-
-
-class _Anchor:
-    """One child's hold on its parents; calling it (the child resolved) lets go.
-
-    If the completion callback is discarded without being called (a closed
-    client drops its pending callbacks), collecting the anchor counts it down.
-    """
-
-    __slots__ = ("parents", "also", "__weakref__")
-
-    def __init__(self, parents: List[Any], also: Optional[Callable[[], None]]) -> None:
-        self.parents = parents
-        self.also = also
-        _count(+1)
-
-    def __call__(self, *_ignored: Any) -> None:
-        parents, also = self.parents, self.also
-        if parents is None:
-            return
-        self.parents = self.also = None
-        _count(-1)
-        del parents
-        if also is not None:
-            try:
-                also()
-            except Exception as exc:  # pragma: no cover - defensive
-                guard.failed("anchor.release", exc)
-
-    def __del__(self) -> None:
-        if self.parents is not None:
-            self.parents = self.also = None
-            _count(-1)
-
-
-def _count(delta: int) -> None:
+def _add_live(delta: int) -> None:
     global _live
-    with _released:
+    with _count:
         _live += delta
         if _live == 0:
-            _released.notify_all()
+            _count.notify_all()
 
 
-def hold(
-    parents: Iterable[Any],
-    when_done: Callable[[Callable[..., None]], None],
-    also: Optional[Callable[[], None]] = None,
-) -> Optional[Callable[[], None]]:
-    """Keep ``parents`` referenced until ``when_done`` calls back, then drop them.
+class Runs:
+    """The unresolved runs of one task runner: task run id -> (task name, future)."""
 
-    ``also`` runs at the same moment (the drain uses it to forget the run).
-    Returns the release (idempotent), or None if nothing was held.
-    """
-    held = list(parents)
-    if not held and also is None:
-        return None
-    release = _Anchor(held, also)
-    try:
-        when_done(release)
-    except BaseException:
-        release()
-        raise
-    return release
+    def __init__(self) -> None:
+        self._held: Dict[Any, Tuple[str, Any]] = {}
+        self._changed = threading.Condition()
+        #: how many runs were ever held (so a test can tell "all released" from "never held")
+        self.ever_held = 0
+
+    def hold(self, key: Any, name: str, future: Any) -> Callable[..., None]:
+        """Keep ``future`` until the returned release is called (idempotent; the
+        release accepts and ignores whatever a completion callback passes)."""
+        with self._changed:
+            replaced = self._held.pop(key, None)
+            self._held[key] = (name, future)
+            self.ever_held += 1
+        if replaced is None:
+            _add_live(+1)
+
+        def release(*_ignored: Any) -> None:
+            self.release([key])
+
+        return release
+
+    def release(self, keys: Iterable[Any]) -> None:
+        dropped = []
+        with self._changed:
+            for key in keys:
+                entry = self._held.pop(key, None)
+                if entry is not None:
+                    dropped.append(entry)
+            if dropped:
+                self._changed.notify_all()
+        if dropped:
+            _add_live(-len(dropped))
+        # The futures die here, outside every lock: a stock __del__ may log or call Ray.
+        del dropped
+
+    def release_all(self) -> None:
+        with self._changed:
+            keys = list(self._held)
+        self.release(keys)
+
+    def pending(self) -> List[Tuple[Any, str, Any]]:
+        with self._changed:
+            return [(key, name, future) for key, (name, future) in self._held.items()]
+
+    def wait_released(self, keys: Iterable[Any], timeout: float) -> bool:
+        """Block until none of ``keys`` is held (their runs resolved); False on timeout.
+
+        Waits on the completion callbacks, so nothing is fetched: the stock
+        ``future.wait()`` would pull each run's result into this process.
+        """
+        wanted = list(keys)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: not any(key in self._held for key in wanted),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._held)
+
+
+def runs_of(runner: Any, create: bool = True) -> Optional[Runs]:
+    """The :class:`Runs` of a runner instance (created on first use unless ``create`` is False)."""
+    found = runner.__dict__.get(_ATTRIBUTE)
+    if found is None and create:
+        found = runner.__dict__.setdefault(_ATTRIBUTE, Runs())
+    return found
 
 
 def live_anchors() -> int:
-    """How many submitted runs still hold anchors or are tracked (0 once all resolved)."""
-    with _released:
+    """How many submitted runs the shim still holds, over all runners (0 once all resolved)."""
+    with _count:
         return _live
 
 
 def wait_released(timeout: float) -> bool:
-    """Block until every anchor has been released; False if ``timeout`` passed first."""
-    with _released:
-        return _released.wait_for(lambda: _live == 0, timeout=timeout)
-
-
-class Handoff:
-    """Run callables on one daemon thread of our own.
-
-    Ray calls completion callbacks on an internal C++ thread, where neither Ray
-    calls nor ``__del__`` work (which dropping a future triggers) belong.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._queue: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
-        self._thread: Optional[threading.Thread] = None
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._run, name=self._name, daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put(fn)
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted so far has run (False on timeout)."""
-        if self._thread is None or not self._thread.is_alive():
-            return True
-        done = threading.Event()
-        self._queue.put(done.set)
-        return done.wait(timeout)
-
-    def _run(self) -> None:
-        while True:
-            fn = self._queue.get()
-            try:
-                fn()
-            except Exception as exc:  # pragma: no cover - defensive
-                guard.failed(f"{self._name}", exc)
-            del fn
+    """Block until every held run has resolved or been let go; False if ``timeout`` passed first."""
+    with _count:
+        return _count.wait_for(lambda: _live == 0, timeout=timeout)

@@ -43,6 +43,7 @@ def start(hook):
     """
     import os
     import sys
+    from _thread import get_ident
 
     try:
         if any(getattr(f, "prefect_future_anchor_hook", None) for f in sys.meta_path):
@@ -62,12 +63,13 @@ def start(hook):
             prefect_future_anchor_hook = hook
             triggers = ("prefect_future_anchor", "prefect_dask", "prefect_ray") if on else ()
             post_import_spec = None
-            busy = False  # the finders asked below may ask all finders again
+            busy = set()  # threads inside find_spec: the finders asked below may ask all finders again
 
             def find_spec(self, name, path=None, target=None):
-                if name not in self.triggers or self.busy:
+                me = get_ident()
+                if name not in self.triggers or me in self.busy:
                     return None
-                self.busy = True
+                self.busy.add(me)
                 try:
                     if self.post_import_spec is None:
                         for other in sys.meta_path:
@@ -90,7 +92,7 @@ def start(hook):
                     )
                     return None
                 finally:
-                    self.busy = False
+                    self.busy.discard(me)
 
         sys.meta_path.insert(0, Finder())  # with an unrecognised value: an inert marker
     except Exception as error:
@@ -158,6 +160,12 @@ def activate(hook):
     global activated_by, activation
     with _lock:
         if activation is not None:
+            if activation == "installed":
+                # another trigger module finished importing on another thread:
+                # let install() patch what was still half imported before
+                from prefect_future_anchor import lifecycle
+
+                lifecycle.install()
             return
         activated_by = hook
         try:

@@ -1,27 +1,31 @@
 """What the Dask and Ray integrations have in common: patch, unpatch, shape checks.
 
 Each runner module (``dask_runner``, ``ray_runner``) subclasses
-:class:`RunnerIntegration` and supplies the names of the stock objects and the
-three runner facts the anchoring and the drain need: ``when_done``,
-``is_done`` and ``cancel``.
+:class:`RunnerIntegration` and supplies the names of the stock objects and two
+runner facts: ``when_done`` (call back once a run's underlying future is
+finished, without fetching its value) and ``cancel``.
+
+``<runner>.track`` wraps two methods of the stock runner and nothing else:
+``submit`` holds the returned future until its run resolves
+(:mod:`prefect_future_anchor.anchor`), ``__exit__`` drains what is still
+unresolved (:mod:`prefect_future_anchor.drain`) and lets go of the rest.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import wrapt
 
-from . import anchor, drain, guard
+from . import anchor, drain, guard, releases
 
 _SUBMIT_PARAMETERS = ["self", "task", "parameters", "wait_for", "dependencies"]
 
 
-def _bind_submit(task: Any, parameters: Any = None, wait_for: Any = None, *_a: Any, **_k: Any):
-    return task, wait_for
+def _task_of(task: Any = None, *_a: Any, **_k: Any) -> Any:
+    return task
 
 
 def _code_reads(function: Any, attribute: str) -> bool:
@@ -37,14 +41,12 @@ def _code_reads(function: Any, attribute: str) -> bool:
 
 
 class RunnerIntegration:
-    #: short name used in patch names ("dask" -> "dask.anchor", "dask.drain")
+    #: short name used in patch names ("dask" -> "dask.track")
     name = ""
     distribution = ""
     module_name = ""
     runner_name = ""
     future_name = ""
-    #: the stock method that unwraps upstream Prefect futures in ``submit``
-    conversion_name = ""
 
     def __init__(self) -> None:
         self.module: Optional[types.ModuleType] = None
@@ -52,12 +54,11 @@ class RunnerIntegration:
         self._originals: List[Tuple[type, str, bool, Any]] = []
         self.on_exit = "wait"
         self.drain_timeout = drain.DEFAULT_DRAIN_TIMEOUT
+        #: whether the installed release's future warns when dropped unresolved
+        self.false_warning = False
 
     # -- facts each runner supplies -------------------------------------------------
     def when_done(self, raw: Any, callback: Callable[..., None]) -> None:
-        raise NotImplementedError
-
-    def is_done(self, raw: Any) -> bool:
         raise NotImplementedError
 
     def cancel(self, raw: Any) -> None:
@@ -78,6 +79,8 @@ class RunnerIntegration:
         future = getattr(module, self.future_name, None)
         if not isinstance(runner, type) or not isinstance(future, type):
             return f"{self.module_name} has no {self.runner_name} / {self.future_name} class"
+        if patch.split(".", 1)[1] != "track":
+            return None
         submit = runner.__dict__.get("submit")
         if not callable(submit):
             return f"{self.runner_name}.submit is not defined on the class"
@@ -87,22 +90,11 @@ class RunnerIntegration:
             names = []
         if names != _SUBMIT_PARAMETERS:
             return f"{self.runner_name}.submit has an unexpected signature {names}"
-        suffix = patch.split(".", 1)[1]
-        if suffix == "anchor":
-            prop = inspect.getattr_static(future, "wrapped_future", None)
-            if not isinstance(prop, property) or prop.fget is None:
-                return f"{self.future_name}.wrapped_future is not a property"
-            conversion = inspect.getattr_static(runner, self.conversion_name, None)
-            if isinstance(conversion, (staticmethod, classmethod)):
-                conversion = conversion.__func__
-            if conversion is None or not _code_reads(conversion, "wrapped_future"):
-                return (
-                    f"{self.runner_name}.{self.conversion_name} no longer unwraps futures "
-                    "through .wrapped_future"
-                )
-        elif suffix == "drain":
-            if inspect.getattr_static(runner, "__exit__", None) is None:
-                return f"{self.runner_name} is not a context manager"
+        if inspect.getattr_static(runner, "__exit__", None) is None:
+            return f"{self.runner_name} is not a context manager"
+        for attribute in ("wrapped_future", "task_run_id"):
+            if inspect.getattr_static(future, attribute, None) is None:
+                return f"{self.future_name} has no {attribute}"
         return None
 
     # -- patching ----------------------------------------------------------------
@@ -114,27 +106,19 @@ class RunnerIntegration:
         """Apply one patch (already decided by the release table and shape check)."""
         if patch in self.applied:
             return
-        runner, future = self.runner_class(), self.future_class()
-        suffix = patch.split(".", 1)[1]
-        if suffix in ("anchor", "drain") and "submit" not in self._patched_attributes():
+        if patch.split(".", 1)[1] == "track":
+            runner = self.runner_class()
+            self.false_warning = releases.has_false_warning(self.distribution)
             self._remember(runner, "submit")
             wrapt.wrap_function_wrapper(runner, "submit", self._submit_wrapper)
-        if suffix == "anchor":
-            self._remember(future, "wrapped_future")
-            original = inspect.getattr_static(future, "wrapped_future")
-            setattr(future, "wrapped_future", anchor.recording_property(original))
-        elif suffix == "drain":
             self._remember(runner, "__exit__")
             wrapt.wrap_function_wrapper(runner, "__exit__", self._exit_wrapper)
         else:
-            self.patch_extra(patch, future)
+            self.patch_extra(patch, self.future_class())
         self.applied[patch] = "applied"
 
     def patch_extra(self, patch: str, future: type) -> None:
         raise ValueError(f"unknown patch {patch}")
-
-    def _patched_attributes(self) -> List[str]:
-        return [attribute for _owner, attribute, _had, _orig in self._originals]
 
     def unpatch(self) -> None:
         """Put back exactly the attributes the patches replaced, newest first."""
@@ -151,56 +135,47 @@ class RunnerIntegration:
 
     # -- the wrappers ------------------------------------------------------------
     @property
-    def anchoring(self) -> bool:
-        return f"{self.name}.anchor" in self.applied
-
-    @property
-    def draining(self) -> bool:
-        return f"{self.name}.drain" in self.applied and self.on_exit != "ignore"
+    def tracking(self) -> bool:
+        """Hold runs: for the drain, or to silence a release's false warning."""
+        return f"{self.name}.track" in self.applied and (self.on_exit != "ignore" or self.false_warning)
 
     def _submit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        previous = anchor.begin_capture()
-        try:
-            future = wrapped(*args, **kwargs)
-        finally:
-            captured = anchor.end_capture(previous)
-        try:
-            self._after_submit(instance, future, captured, args, kwargs)
-        except Exception as exc:
-            guard.failed(f"{self.name}.submit", exc)
+        future = wrapped(*args, **kwargs)
+        if self.tracking:
+            try:
+                self._hold(instance, future, _task_of(*args, **kwargs))
+            except Exception as exc:
+                guard.failed(f"{self.name}.submit", exc)
         return future
 
-    def _after_submit(self, runner: Any, future: Any, captured: Dict[int, Any], args: Any, kwargs: Any) -> None:
-        task, wait_for = _bind_submit(*args, **kwargs)
-        parents: Any = ()
-        if self.anchoring:
-            anchor.add_waited(captured, wait_for, self.future_class())
-            captured.pop(id(future), None)
-            parents = captured.values()
-        forget = None
-        if self.draining:
-            inflight = drain.inflight_of(runner)
-            key = future.task_run_id
-            inflight.add(key, getattr(task, "name", "?"), future)
-            forget = functools.partial(inflight.discard, key)
-
-        raw = future.wrapped_future
+    def _hold(self, runner: Any, future: Any, task: Any) -> None:
+        release = anchor.runs_of(runner).hold(future.task_run_id, getattr(task, "name", "?"), future)
         try:
-            release = anchor.hold(parents, lambda release: self.when_done(raw, release), forget)
+            self.when_done(future.wrapped_future, release)
         except BaseException:
-            if forget is not None:
-                forget()
+            release()
             raise
-        if forget is not None:
-            inflight.attach(key, release)
 
     def _exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         try:
-            drain.drain(instance, self.on_exit, self.drain_timeout, self.is_done, self.cancel)
+            drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel)
         except Exception as exc:
             guard.failed(f"{self.name}.drain", exc)
         except BaseException:
             # interrupted while waiting (Ctrl-C): still close the client / shut Ray down
+            self._let_go(instance)
             wrapped(*args, **kwargs)
             raise
+        self._let_go(instance)
         return wrapped(*args, **kwargs)
+
+    def _let_go(self, runner: Any) -> None:
+        """Drop whatever the runner's runs still hold before the stock exit closes
+        the client / shuts Ray down: resolved runs die silently, and a run left
+        unresolved (on_exit='ignore', or cancelled) gets the stock treatment."""
+        try:
+            runs = anchor.runs_of(runner, create=False)
+            if runs is not None:
+                runs.release_all()
+        except Exception as exc:  # pragma: no cover - defensive
+            guard.failed(f"{self.name}.let-go", exc)

@@ -136,6 +136,12 @@ def install(
             integration.on_exit = _on_exit
             integration.drain_timeout = _drain_timeout
         if _installed:
+            # Catch up on a runner module that was still being imported by another
+            # thread when we last looked (see _importing).
+            for integration in INTEGRATIONS.values():
+                module = sys.modules.get(integration.module_name)
+                if module is not None and not _decided(integration) and not _importing(module):
+                    _apply(integration, module)
             return status()
         _versions = releases.detect()
         problems = releases.unsupported(_versions)
@@ -150,18 +156,40 @@ def install(
                 raise UnsupportedReleaseError(message)
             guard.warn_once("unsupported", "%s", message)
         _installed, _strict = True, strict
+        to_hook = []
         try:
             for integration in INTEGRATIONS.values():
                 module = sys.modules.get(integration.module_name)
                 if module is not None:
-                    _apply(integration, module)
+                    if not _importing(module):
+                        _apply(integration, module)
                 elif integration.module_name not in _hooked:
                     _hooked.add(integration.module_name)
-                    wrapt.register_post_import_hook(_on_import, integration.module_name)
+                    to_hook.append(integration.module_name)
         except UnsupportedReleaseError:
             _uninstall_locked()
             raise
-        return status()
+    # Outside our lock: wrapt runs post-import hooks (which take our lock) while
+    # holding its own lock (wrapt 1.x), and registering takes wrapt's lock.
+    for module_name in to_hook:
+        wrapt.register_post_import_hook(_on_import, module_name)
+    return status()
+
+
+def _decided(integration: RunnerIntegration) -> bool:
+    return any(
+        p.name in integration.applied or p.name in _skipped
+        for p in releases.PATCHES
+        if p.distribution == integration.distribution
+    )
+
+
+def _importing(module: Any) -> bool:
+    """Whether ``module`` is still being executed (it is in sys.modules, half
+    made, while another thread imports it): its classes may not exist yet.  The
+    importing thread's own activation, or the next install(), patches it once
+    it is complete.  (Not for post-import hooks: the flag is still set there.)"""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def _on_import(module: Any) -> None:
@@ -253,8 +281,13 @@ def status() -> Report:
                 state, reason = "off", ("would apply: " if decision.wanted else "") + decision.reason
             elif patch.name in integration.applied:
                 state, reason = "applied", decision.reason
-                if patch.name.endswith(".drain") and _on_exit == "ignore":
-                    reason += " (on_exit='ignore': runs are not tracked)"
+                if patch.name.endswith(".track") and _on_exit == "ignore":
+                    reason += (
+                        " (on_exit='ignore': no drain; runs are held until they resolve only "
+                        "because this release logs the false warning)"
+                        if releases.has_false_warning(patch.distribution, versions.get(patch.distribution))
+                        else " (on_exit='ignore': nothing to correct on this release, runs are not held)"
+                    )
             elif patch.name in _skipped:
                 state, reason = "skipped", _skipped[patch.name]
             elif not decision.wanted:

@@ -44,32 +44,47 @@ class Patch:
     why: str
 
 
+#: Releases whose dropped, unresolved future logs "A future was garbage
+#: collected before it resolved" (read from every wheel; removed in prefect-dask
+#: 0.3.6 and prefect-ray 0.4.5).
+FALSE_WARNING = {
+    "prefect-dask": ">=0.3.0,<0.3.6",
+    "prefect-ray": ">=0.4.0,<0.4.5",
+}
+
 PATCHES = (
     Patch(
-        "dask.anchor",
+        "dask.track",
         "prefect-dask",
-        ">=0.3.0,<0.3.6",
+        ">=0.3.0",
         "DaskTaskRunner.submit swaps upstream PrefectDaskFuture objects for raw "
-        "distributed.Future objects; a dropped parent logs 'A future was garbage "
-        "collected before it resolved' although its dependent uses it. Parents "
-        "are kept until the dependent resolves. prefect-dask 0.3.6 removed the "
-        "warning.",
+        "distributed.Future objects and nothing keeps the Prefect future: on "
+        "prefect-dask 0.3.0-0.3.5 a dropped parent logs 'A future was garbage "
+        "collected before it resolved' although its dependent uses it, and on "
+        "every release a task submitted and not kept is lost when the flow ends "
+        "(the client closes with it pending). Each submitted future is held until "
+        "its run resolves (its __del__ is then silent), and the runs still "
+        "unresolved at runner exit are waited for, or cancelled and named.",
     ),
     Patch(
-        "ray.anchor",
+        "ray.track",
         "prefect-ray",
-        ">=0.4.0,<0.4.5",
-        "RayTaskRunner.submit swaps upstream PrefectRayFuture objects for raw "
-        "ray.ObjectRef objects (and pickles wait_for); the same false warning as "
-        "on Dask. prefect-ray 0.4.5 removed the warning.",
+        ">=0.4.0",
+        "The same on Ray: RayTaskRunner.submit swaps PrefectRayFuture objects for "
+        "ray.ObjectRef objects (and pickles wait_for); prefect-ray 0.4.0-0.4.4 logs "
+        "the false warning, and every release loses unkept runs at ray.shutdown(). "
+        "Completion is learnt with ray.wait(fetch_local=False) on one watcher "
+        "thread: no result is fetched into the driver.",
     ),
     Patch(
         "ray.ready-del",
         "prefect-ray",
-        ">=0.4.4,<0.4.5",
-        "PrefectRayFuture.__del__ in prefect-ray 0.4.4 lost a 'return' and warns "
-        "even for a finished run; a future whose ObjectRef is ready "
-        "(ray.wait(timeout=0), nothing fetched) stays silent.",
+        ">=0.4.0,<0.4.5",
+        "PrefectRayFuture.__del__ asks whether a run finished with "
+        "ray.get(timeout=0), which pulls the whole result into the driver, and "
+        "0.4.4 lost a 'return' so it warns even for a finished run. A future whose "
+        "ObjectRef is ready (ray.wait(fetch_local=False), nothing fetched) is "
+        "dropped silently.",
     ),
     Patch(
         "dask.client-once",
@@ -81,22 +96,6 @@ PATCHES = (
         "sent through one client can reach the scheduler before its parent sent "
         "through another, which cancels it ('lost dependencies'). The client is "
         "created once.",
-    ),
-    Patch(
-        "dask.drain",
-        "prefect-dask",
-        ">=0.3.0",
-        "A task submitted and not kept is lost when the flow ends (the dropped "
-        "distributed.Future is released and the cluster closed). Unresolved runs "
-        "are waited for, or cancelled and named, before the client closes.",
-    ),
-    Patch(
-        "ray.drain",
-        "prefect-ray",
-        ">=0.4.0",
-        "A task submitted and not kept is lost when the flow ends (ray.shutdown() "
-        "runs while it is pending). Unresolved runs are waited for, or cancelled "
-        "and named, before Ray is shut down.",
     ),
 )
 
@@ -139,6 +138,15 @@ def installed_version(distribution: str) -> Optional[str]:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def has_false_warning(distribution: str, version: Optional[str] = None) -> bool:
+    """Whether ``distribution`` (installed, or at ``version``) logs the false warning."""
+    version = version if version is not None else installed_version(distribution)
+    try:
+        return version is not None and in_range(parse_version(version), FALSE_WARNING[distribution])
+    except (KeyError, ValueError):
+        return False
 
 
 def detect() -> Dict[str, Optional[str]]:

@@ -45,6 +45,31 @@ def stock_warns(runner: str) -> bool:
     return runner in os.environ.get("PFA_EXPECT_STOCK_WARNINGS", "dask,ray").split(",")
 
 
+def finished_warns(runner: str) -> bool:
+    return runner in os.environ.get("PFA_EXPECT_FINISHED_WARNINGS", "ray").split(",")
+
+
+def client_races() -> bool:
+    return os.environ.get("PFA_EXPECT_CLIENT_RACE", "1") == "1"
+
+
+def expected_patches(versions) -> set:
+    """The patches install() must apply here, from the row's own observations
+    (not from the shim's table, which is what the tests check)."""
+    from prefect_future_anchor.lifecycle import INTEGRATIONS
+
+    expected = set()
+    for distribution, integration in INTEGRATIONS.items():
+        if versions.get(distribution) is None:
+            continue
+        expected.add(f"{integration.name}.track")
+        if integration.name == "ray" and stock_warns("ray"):
+            expected.add("ray.ready-del")
+        if integration.name == "dask" and client_races():
+            expected.add("dask.client-once")
+    return expected
+
+
 def _wait_until(check, timeout: float, what: str, proc: "subprocess.Popen | None" = None, log=None) -> None:
     """Readiness poll for a service this file started (not a test synchronisation)."""
     deadline = time.monotonic() + timeout

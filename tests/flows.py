@@ -58,7 +58,7 @@ def done_marker():
 
 @task
 async def atask1():
-    await asyncio.sleep(0)
+    await asyncio.sleep(PARENT_SECONDS)
     return 42
 
 
@@ -72,49 +72,29 @@ def _run(body, runner, name):
     return flow(body, name=name, task_runner=runner, log_prints=False)()
 
 
-def run_seed(runner):
-    def seed():
-        results = []
-        for _ in range(10):
-            r1 = task1.submit()
-            results.append(task2.submit(r1))
-        wait(results)
-        return [f.result() for f in results]
-
-    return _run(seed, runner, "seed")
+# The variants' bodies, each run inside a flow; module-level so they travel to
+# workers by reference.  Each drops its parents exactly as the bug report does.
 
 
-def _nested_child():
-    return total.submit([slow.submit(1), slow.submit(2)], {"x": slow.submit(3)})
+def seed_body():
+    results = []
+    for _ in range(10):
+        r1 = task1.submit()
+        results.append(task2.submit(r1))
+    wait(results)
+    return [f.result() for f in results]
 
 
-def run_nested(runner):
-    def nested():
-        return _nested_child().result()
-
-    return _run(nested, runner, "nested")
+def nested_body():
+    return total.submit([slow.submit(1), slow.submit(2)], {"x": slow.submit(3)}).result()
 
 
-def _waiting_child():
-    return done_marker.submit(wait_for=[slow.submit(1)])
+def wait_for_body():
+    return done_marker.submit(wait_for=[slow.submit(1)]).result()
 
 
-def run_wait_for(runner):
-    def waiting():
-        return _waiting_child().result()
-
-    return _run(waiting, runner, "wait-for")
-
-
-def _mapped_children():
-    return add.map([1, 2, 3], unmapped(slow.submit(10)))
-
-
-def run_map_unmapped(runner):
-    def mapped():
-        return [f.result() for f in _mapped_children()]
-
-    return _run(mapped, runner, "map-unmapped")
+def map_unmapped_body():
+    return [f.result() for f in add.map([1, 2, 3], unmapped(slow.submit(10)))]
 
 
 def _diamond_child():
@@ -122,51 +102,74 @@ def _diamond_child():
     return add.submit(inc.submit(top), inc.submit(top))
 
 
-def run_diamond(runner):
-    def diamond():
-        return _diamond_child().result()
-
-    return _run(diamond, runner, "diamond")
+def diamond_body():
+    return _diamond_child().result()
 
 
-def run_chain(runner, depth=40):
-    def chain():
-        future = slow.submit(0)
-        for _ in range(depth):
-            future = inc.submit(future)
-        return future.result()
-
-    return _run(chain, runner, "chain")
+def chain40_body(depth=40):
+    future = slow.submit(0)
+    for _ in range(depth):
+        future = inc.submit(future)
+    return future.result()
 
 
-def run_async_tasks(runner):
-    def async_tasks():
-        results = []
-        for _ in range(5):
-            results.append(atask2.submit(atask1.submit()))
-        wait(results)
-        return [f.result() for f in results]
+def async_tasks_body():
+    results = []
+    for _ in range(5):
+        results.append(atask2.submit(atask1.submit()))
+    wait(results)
+    return [f.result() for f in results]
 
-    return _run(async_tasks, runner, "async-tasks")
+
+def orphan_body():
+    slow.submit(7)  # submitted, never waited, nothing depends on it
+    return task1.submit().result()
+
+
+#: name -> (body, expected result)
+VARIANTS = {
+    "seed": (seed_body, [84] * 10),
+    "nested": (nested_body, 6),
+    "wait_for": (wait_for_body, "after"),
+    "map_unmapped": (map_unmapped_body, [11, 12, 13]),
+    "diamond": (diamond_body, 12),
+    "chain40": (chain40_body, 40),
+    "async_tasks": (async_tasks_body, [84] * 5),
+}
+
+
+def run_seed(runner):
+    return _run(seed_body, runner, "seed")
 
 
 def run_orphan(runner):
-    def orphan():
-        slow.submit(7)  # submitted, never waited, nothing depends on it
-        return task1.submit().result()
-
-    return _run(orphan, runner, "orphan")
+    return _run(orphan_body, runner, "orphan")
 
 
-VARIANTS = {
-    "seed": (run_seed, [84] * 10),
-    "nested": (run_nested, 6),
-    "wait_for": (run_wait_for, "after"),
-    "map_unmapped": (run_map_unmapped, [11, 12, 13]),
-    "diamond": (run_diamond, 12),
-    "chain40": (run_chain, 40),
-    "async_tasks": (run_async_tasks, [84] * 5),
-}
+def every_variant(skip=()):
+    """Every variant in one flow run (one driver connection per runner): for each,
+    its result and how many false warnings it logged, read from ``WARNINGS[0]``
+    (a counter the test installs) after its parents were dropped and collected."""
+    import gc
+
+    counter = WARNINGS[0] if WARNINGS else None
+    out = {}
+    for name, (body, _expected) in VARIANTS.items():
+        if name in skip:
+            continue
+        before = counter.count if counter else 0
+        result = body()
+        gc.collect()
+        out[name] = (result, (counter.count if counter else 0) - before)
+    return out
+
+
+def run_every_variant(runner, counter, skip=()):
+    WARNINGS[:] = [counter]
+    try:
+        return flow(every_variant, name="every-variant", task_runner=runner, log_prints=False)(skip=list(skip))
+    finally:
+        WARNINGS[:] = []
 
 
 class _DriverOnly(list):
@@ -178,6 +181,50 @@ class _DriverOnly(list):
 
 
 PARENT_REFS = _DriverOnly()  # weak references to parents, for the no-cycle test
+WARNINGS = _DriverOnly()  # the test's warning counter, read by every_variant in the driver
+
+
+class Revivable:
+    """A result that counts, per process, how often it is unpickled: the driver's
+    count says whether anything fetched a run's value into the driver."""
+
+    def __reduce__(self):
+        return (_revive, ())
+
+
+REVIVED = []
+
+
+def _revive():
+    REVIVED.append(1)
+    return Revivable()
+
+
+@task
+def make_revivable():
+    time.sleep(PARENT_SECONDS)  # still running when user code drops its future
+    return Revivable()
+
+
+@task
+def consume(value):
+    return isinstance(value, Revivable)
+
+
+def fetch_probe_body():
+    children = [consume.submit(make_revivable.submit()) for _ in range(3)]
+    return [child.result() for child in children]
+
+
+def run_fetch_probe(runner):
+    """Three parents whose values only their children use; returns how many
+    values were unpickled in this (the driver's) process meanwhile."""
+    before = len(REVIVED)
+    assert _run(fetch_probe_body, runner, "fetch-probe") == [True] * 3
+    import gc
+
+    gc.collect()
+    return len(REVIVED) - before
 
 
 def run_weakly_watched_parent(runner):
@@ -264,16 +311,17 @@ def run_left_blocking(runner, directory):
 
 
 def run_rounds(runner, rounds):
-    """``rounds`` x submit then wait; returns how many runs are still tracked."""
+    """``rounds`` x submit then wait; returns how many runs were held, and how many still are."""
 
     def rounds_flow():
         import prefect_future_anchor
         from prefect.context import FlowRunContext
-        from prefect_future_anchor.drain import inflight_of
+        from prefect_future_anchor.anchor import runs_of
 
         for i in range(rounds):
             inc.submit(i).wait()
         prefect_future_anchor.wait_released(60)
-        return len(inflight_of(FlowRunContext.get().task_runner))
+        runs = runs_of(FlowRunContext.get().task_runner, create=False)
+        return runs.ever_held, len(runs)
 
     return _run(rounds_flow, runner, "rounds")

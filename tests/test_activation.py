@@ -246,7 +246,7 @@ def test_seed_flow_on_dask_switched_on_by_the_environment(tmp_path, dask_address
     assert shimmed["result"] == [84] * 10
     assert shimmed["warnings"] == 0
     assert shimmed["installed"] and shimmed["hook"] == "pth"
-    assert {"dask.anchor", "dask.drain"} <= set(shimmed["applied"])
+    assert {"dask.track"} <= set(shimmed["applied"])
 
 
 def test_seed_flow_on_dask_under_run(tmp_path, dask_address):
@@ -256,7 +256,7 @@ def test_seed_flow_on_dask_under_run(tmp_path, dask_address):
     assert shimmed["result"] == [84] * 10
     assert shimmed["warnings"] == 0
     assert shimmed["installed"]
-    assert {"dask.anchor", "dask.drain"} <= set(shimmed["applied"])
+    assert {"dask.track"} <= set(shimmed["applied"])
 
 
 def test_seed_flow_on_ray_switched_on_by_the_environment(tmp_path, ray_address):
@@ -264,7 +264,7 @@ def test_seed_flow_on_ray_switched_on_by_the_environment(tmp_path, ray_address):
     assert shimmed["result"] == [84] * 10
     assert shimmed["warnings"] == 0
     assert shimmed["installed"]
-    assert {"ray.anchor", "ray.drain"} <= set(shimmed["applied"])
+    assert {"ray.track"} <= set(shimmed["applied"])
 
 
 # -- prefect-future-anchor run --------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_dask_workers_started_by_the_flow_are_switched_on(tmp_path):
     worker = seen["worker"]
     assert worker["pid"] != seen["pid"]
     assert worker["switch"] == "1"
-    assert worker["installed"] and "dask.anchor" in worker["applied"], worker
+    assert worker["installed"] and "dask.track" in worker["applied"], worker
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def test_wheel_and_editable_installs_activate(tmp_path):
         timeout=300,
         cwd=tmp_path,
     )
-    assert "'dask.anchor'" in runner.stdout, runner.stderr[-4000:]
+    assert "'dask.track'" in runner.stdout, runner.stderr[-4000:]
 
     editable = subprocess.run(
         [uv, "pip", "install", "-q", "-p", venv_python, "-e", str(ROOT)],
@@ -577,3 +577,72 @@ def test_wheel_and_editable_installs_activate(tmp_path):
     )
     assert editable.returncode == 0, editable.stderr[-4000:]
     check("editable")
+
+
+CONCURRENT_IMPORTS = """
+import json, sys, threading
+start = threading.Barrier(2)
+errors = []
+
+def load(name):
+    try:
+        start.wait()
+        __import__(name)
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=load, args=(n,)) for n in ("prefect_dask", "prefect_ray")]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+report = sys.modules["prefect_future_anchor"].status()
+print(json.dumps({"errors": errors, "states": {p.name: p.state for p in report.patches}}))
+"""
+
+
+FINDER_ENTERED_TWICE = """
+import sys, threading
+ours = next(f for f in sys.meta_path if getattr(f, "prefect_future_anchor_hook", None))
+inside, go = threading.Event(), threading.Event()
+
+
+class SlowFinder:
+    # another finder that takes its time over prefect_dask on thread "A"
+    def find_spec(self, name, path=None, target=None):
+        if name == "prefect_dask" and threading.current_thread().name == "A":
+            inside.set()
+            go.wait(60)
+        return None
+
+
+sys.meta_path.insert(sys.meta_path.index(ours) + 1, SlowFinder())
+found = {}
+a = threading.Thread(target=lambda: found.setdefault("dask", ours.find_spec("prefect_dask")), name="A")
+a.start()
+assert inside.wait(60)
+found["ray"] = ours.find_spec("prefect_ray")  # while thread A is inside the finder
+go.set()
+a.join(60)
+print(" ".join(type(getattr(found[k], "loader", None)).__name__ for k in ("dask", "ray")))
+"""
+
+
+def test_finder_entered_by_two_threads_at_once_wraps_both():
+    """Thread A is inside the switch's finder (for prefect_dask) when thread B asks
+    it for prefect_ray: B's import must be wrapped too (a flag shared by all threads
+    returned None for B, and prefect_ray was then never patched)."""
+    proc = python(FINDER_ENTERED_TWICE, environment(PREFECT_FUTURE_ANCHOR="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split() == ["_ActivateAfter", "_ActivateAfter"]
+
+
+def test_two_threads_importing_both_runners_first_get_both_patched():
+    """Both runner packages imported for the first time on two threads at once:
+    each runner is patched, none left pending or skipped."""
+    proc = python(CONCURRENT_IMPORTS, environment(PREFECT_FUTURE_ANCHOR="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = last_json(proc)
+    assert data["errors"] == []
+    assert data["states"]["dask.track"] == "applied", data
+    assert data["states"]["ray.track"] == "applied", data

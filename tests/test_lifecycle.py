@@ -14,6 +14,7 @@ import types
 import pytest
 
 import prefect_future_anchor
+from conftest import expected_patches
 from prefect_future_anchor import guard, lifecycle, releases
 
 HEAVY = ("prefect", "prefect_dask", "prefect_ray", "dask", "distributed", "ray")
@@ -67,15 +68,11 @@ def test_install_imports_nothing_heavy_and_patches_on_import():
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
     assert lines["HEAVY"] == "[]"
-    expected = {
-        p.name
-        for p in releases.PATCHES
-        if releases.decide(p, releases.detect()).wanted
-    }
+    expected = expected_patches(releases.detect())
     if expected:
         assert "pending" in lines["STATES"]
     assert sorted(eval(lines["APPLIED"])) == sorted(expected)
-    assert lines["WRAPPED"] == ("FunctionWrapper" if any(".drain" in n for n in expected) else "function")
+    assert lines["WRAPPED"] == ("FunctionWrapper" if "dask.track" in expected else "function")
 
 
 def test_report_matches_release_table():
@@ -86,13 +83,13 @@ def test_report_matches_release_table():
     report = prefect_future_anchor.install()
     assert report.installed
     assert report.versions == versions
+    expected = expected_patches(versions)
     for patch in releases.PATCHES:
-        decision = releases.decide(patch, versions)
         status = report.patch(patch.name)
-        assert status.state == ("applied" if decision.wanted else "skipped"), status
+        assert status.state == ("applied" if patch.name in expected else "skipped"), status
     assert prefect_future_anchor.status().to_dict() == report.to_dict()
     json.loads(report.to_json())
-    assert "dask.anchor" in str(report)
+    assert "dask.track" in str(report)
 
 
 def test_uninstall_restores_exact_originals_and_is_idempotent():
@@ -138,9 +135,7 @@ def test_install_uninstall_race_leaves_originals():
     prefect_future_anchor.uninstall()
     assert originals() == before
     prefect_future_anchor.install()
-    assert len(prefect_future_anchor.status().applied) == len(
-        [p for p in releases.PATCHES if releases.decide(p, releases.detect()).wanted]
-    )
+    assert set(prefect_future_anchor.status().applied) == expected_patches(releases.detect())
 
 
 def fake_versions(monkeypatch, **versions):
@@ -173,13 +168,10 @@ def test_unrecognised_structure_is_skipped_with_one_warning(monkeypatch, caplog)
     module = types.ModuleType("prefect_dask.task_runners")
 
     class DaskTaskRunner(real.DaskTaskRunner):
-        """A future release that unwraps futures some other way."""
+        """A future release whose submit takes its arguments some other way."""
 
-        def submit(self, task, parameters, wait_for=None, dependencies=None):
-            return super().submit(task, parameters, wait_for, dependencies)
-
-        def _optimize_futures(self, expr):
-            return expr._wrapped_future if isinstance(expr, real.PrefectDaskFuture) else expr
+        def submit(self, task, parameters=None, *, wait_for=None):
+            return super().submit(task, parameters, wait_for)
 
     module.DaskTaskRunner = DaskTaskRunner
     module.PrefectDaskFuture = real.PrefectDaskFuture
@@ -187,13 +179,14 @@ def test_unrecognised_structure_is_skipped_with_one_warning(monkeypatch, caplog)
     monkeypatch.setitem(sys.modules, "prefect_ray.task_runners", None)
     with caplog.at_level(logging.WARNING, logger="prefect_future_anchor"):
         report = prefect_future_anchor.install()
-    status = report.patch("dask.anchor")
+    status = report.patch("dask.track")
     assert status.state == "skipped" and "unrecognised runner structure" in status.reason
-    assert report.patch("dask.drain").state == "applied"
-    assert len([r for r in caplog.records if "not applying dask.anchor" in r.getMessage()]) == 1
+    assert "unexpected signature" in status.reason
+    assert report.patch("dask.client-once").state == "applied"
+    assert len([r for r in caplog.records if "not applying dask.track" in r.getMessage()]) == 1
     prefect_future_anchor.uninstall()
     assert "submit" in DaskTaskRunner.__dict__ and not hasattr(DaskTaskRunner.__dict__["submit"], "__wrapped__")
-    with pytest.raises(prefect_future_anchor.UnsupportedReleaseError, match="_optimize_futures"):
+    with pytest.raises(prefect_future_anchor.UnsupportedReleaseError, match="unexpected signature"):
         prefect_future_anchor.install(strict=True)
 
 
@@ -218,7 +211,7 @@ def test_a_patch_that_fails_to_apply_is_logged_once_and_left_stock(monkeypatch, 
     status = report.patch("dask.client-once")
     assert status.state == "skipped" and "simulated failure" in status.reason, str(report)
     assert report_again.patch("dask.client-once").state == "skipped"
-    assert report.patch("dask.drain").state == "applied"
+    assert report.patch("dask.track").state == "applied"
     assert DaskTaskRunner.__dict__["client"] is before[("DaskTaskRunner", "client")]
     errors = [r for r in caplog.records if "internal error in install dask.client-once" in r.getMessage()]
     assert len(errors) == 1
@@ -236,8 +229,7 @@ def test_newer_release_than_tested_says_untested_once(monkeypatch, caplog):
         report = prefect_future_anchor.install()
         prefect_future_anchor.uninstall()
         prefect_future_anchor.install()
-    assert report.patch("dask.drain").state == "applied"
-    assert report.patch("dask.anchor").state == "skipped"
+    assert report.patch("dask.track").state == "applied"
     assert len([r for r in caplog.records if "untested release" in r.getMessage()]) == 1
 
 
@@ -285,8 +277,8 @@ def test_status_before_install_says_what_would_apply():
     report = prefect_future_anchor.status()
     assert not report.installed
     assert {p.state for p in report.patches} == {"off"}
-    wanted = [p.name for p in releases.PATCHES if releases.decide(p, releases.detect()).wanted]
-    assert [p.name for p in report.patches if p.reason.startswith("would apply")] == wanted
+    wanted = expected_patches(releases.detect())
+    assert {p.name for p in report.patches if p.reason.startswith("would apply")} == wanted
 
 
 def test_cli_status_json():

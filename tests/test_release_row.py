@@ -4,9 +4,9 @@ The row (``noxfile.py``) states what was observed on the real release, independe
 the shim's own table: ``PFA_EXPECT_STOCK_WARNINGS`` names the runners whose seed flow
 warns, ``PFA_EXPECT_FINISHED_WARNINGS`` the runners that warn even for a run that has
 finished (prefect-ray 0.4.4), ``PFA_EXPECT_CLIENT_RACE=1`` that threads submitting at once
-create several Dask clients (prefect-dask 0.3.4+).  The guard table must agree with it: a
-runner that warns is anchored, one that warns for finished runs also gets ``ray.ready-del``,
-a racing Dask runner gets ``dask.client-once``, and every installed runner is drained.  Defaults are the reference environment (prefect 3.3.7,
+create several Dask clients (prefect-dask 0.3.4+).  The guard table must agree with it:
+every installed runner is tracked, a Ray runner whose futures warn gets ``ray.ready-del``
+(its ``__del__`` would fetch or warn), a racing Dask runner gets ``dask.client-once``.  Defaults are the reference environment (prefect 3.3.7,
 prefect-dask 0.3.5, prefect-ray 0.4.4).
 """
 
@@ -14,39 +14,15 @@ from __future__ import annotations
 
 import gc
 import importlib
-import os
 
 import pytest
 
 import prefect_future_anchor
-from conftest import runners_available, stock_warns
+from conftest import expected_patches, finished_warns, runners_available
 from prefect_future_anchor import releases
 from prefect_future_anchor.lifecycle import INTEGRATIONS
 
 RUNNERS = runners_available()
-
-
-def finished_warns(runner: str) -> bool:
-    return runner in os.environ.get("PFA_EXPECT_FINISHED_WARNINGS", "ray").split(",")
-
-
-def client_races() -> bool:
-    return os.environ.get("PFA_EXPECT_CLIENT_RACE", "1") == "1"
-
-
-def expected_patches(versions) -> set:
-    expected = set()
-    for distribution, integration in INTEGRATIONS.items():
-        if versions.get(distribution) is None:
-            continue
-        expected.add(f"{integration.name}.drain")
-        if stock_warns(integration.name):
-            expected.add(f"{integration.name}.anchor")
-        if finished_warns(integration.name):
-            expected.add(f"{integration.name}.ready-del")
-        if integration.name == "dask" and client_races():
-            expected.add("dask.client-once")
-    return expected
 
 
 def test_install_report_matches_the_row(shim, capsys):

@@ -55,14 +55,30 @@ def test_in_range(version, spec, inside):
 
 # The claims of FACTS.md, row by row, checked against the table the guards read.
 ROWS = [
-    ("3.0.0", "0.3.0", "0.4.0", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
-    ("3.2.7", "0.3.3", "0.4.3", {"dask.anchor", "ray.anchor", "dask.drain", "ray.drain"}),
-    ("3.3.7", "0.3.5", "0.4.4", {"dask.anchor", "ray.anchor", "ray.ready-del", "dask.client-once", "dask.drain", "ray.drain"}),
-    ("3.4.6", "0.3.5", "0.4.3", {"dask.anchor", "ray.anchor", "dask.client-once", "dask.drain", "ray.drain"}),
-    ("3.4.7", "0.3.6", "0.4.5", {"dask.client-once", "dask.drain", "ray.drain"}),
-    ("3.9.1", "0.3.7", "0.6.0", {"dask.client-once", "dask.drain", "ray.drain"}),
+    ("3.0.0", "0.3.0", "0.4.0", {"dask.track", "ray.track", "ray.ready-del"}),
+    ("3.2.7", "0.3.3", "0.4.3", {"dask.track", "ray.track", "ray.ready-del"}),
+    ("3.3.7", "0.3.5", "0.4.4", {"dask.track", "ray.track", "ray.ready-del", "dask.client-once"}),
+    ("3.4.6", "0.3.5", "0.4.3", {"dask.track", "ray.track", "ray.ready-del", "dask.client-once"}),
+    ("3.4.7", "0.3.6", "0.4.5", {"dask.track", "ray.track", "dask.client-once"}),
+    ("3.9.1", "0.3.7", "0.6.0", {"dask.track", "ray.track", "dask.client-once"}),
     ("2.20.17", "0.2.10", "0.3.7", set()),
 ]
+
+# Which releases log the false warning (read from every wheel, FACTS.md).
+FALSE_WARNING = [
+    ("prefect-dask", "0.3.0", True),
+    ("prefect-dask", "0.3.5", True),
+    ("prefect-dask", "0.3.6", False),
+    ("prefect-ray", "0.4.0", True),
+    ("prefect-ray", "0.4.4", True),
+    ("prefect-ray", "0.4.5", False),
+    ("prefect-ray", "0.6.0", False),
+]
+
+
+@pytest.mark.parametrize("distribution, version, warns", FALSE_WARNING)
+def test_false_warning_releases(distribution, version, warns):
+    assert releases.has_false_warning(distribution, version) is warns
 
 
 @pytest.mark.parametrize("prefect, dask, ray, wanted", ROWS)
@@ -82,6 +98,6 @@ def test_prefect_2_is_reported_unsupported():
 
 def test_newer_than_tested_is_flagged_untested():
     versions = {"prefect": "3.10.0", "prefect-dask": "0.3.7", "prefect-ray": None}
-    drain = next(p for p in releases.PATCHES if p.name == "dask.drain")
+    drain = next(p for p in releases.PATCHES if p.name == "dask.track")
     decision = releases.decide(drain, versions)
     assert decision.wanted and decision.untested
