@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import services  # noqa: E402  (sets the environment before prefect is imported)
 
 SIZES = {
-    "full": dict(submit_rounds=15, submit_batch=50, wall_pairs=2, wall_tasks=1000, memory_rounds=2000, startup_runs=150),
-    "quick": dict(submit_rounds=4, submit_batch=20, wall_pairs=1, wall_tasks=100, memory_rounds=100, startup_runs=20),
+    "full": dict(submit_rounds=15, submit_batch=50, wall_pairs=2, wall_tasks=1000, memory_rounds=2000, startup_runs=150,
+                 driver_pairs=3),
+    "quick": dict(submit_rounds=4, submit_batch=20, wall_pairs=1, wall_tasks=100, memory_rounds=100, startup_runs=20,
+                  driver_pairs=1),
 }
 
 
@@ -76,25 +78,39 @@ def progress(new_rows, started):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: shows the benchmarks still work")
+    parser.add_argument("--ray-only", action="store_true", help="only the Ray rows (for the newest release row)")
     args = parser.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
     header = machine()
     started = time.monotonic()
     rows = []
     with services.prefect_server():
+        import driver_memory
         import flow_wall
         import memory
+        import ray_bench
         import submit
 
-        for part in (
-            lambda: submit.rows(size["submit_rounds"], size["submit_batch"]),
-            lambda: flow_wall.rows(size["wall_pairs"], size["wall_tasks"]),
-            lambda: memory.rows(size["memory_rounds"]),
-        ):
+        parts = [
+            lambda: driver_memory.rows("ray", size["driver_pairs"]),
+            lambda: ray_bench.submit_rows(size["submit_rounds"], size["submit_batch"] // 2),
+        ]
+        if not args.ray_only:
+            parts = [
+                lambda: submit.rows(size["submit_rounds"], size["submit_batch"]),
+                lambda: driver_memory.rows("dask", size["driver_pairs"]),
+                *parts,
+                lambda: flow_wall.rows(size["wall_pairs"], size["wall_tasks"]),
+                lambda: memory.rows(size["memory_rounds"]),
+            ]
+        for part in parts:
             rows += progress(part(), started)
-    rows += progress(startup_rows(size["startup_runs"]), started)
+    rows += progress(ray_bench.watcher_rows(3 if args.quick else 10, 20 if args.quick else 100), started)
+    if not args.ray_only:
+        rows += progress(startup_rows(size["startup_runs"]), started)
     print()
-    print(f"{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s; {header}")
+    what = ("quick" if args.quick else "full") + (" Ray-only" if args.ray_only else "")
+    print(f"{what} run, {time.monotonic() - started:.0f} s; {header}")
     print()
     print("| benchmark | stock | patched | ratio | goal | met? |")
     print("|---|---|---|---|---|---|")

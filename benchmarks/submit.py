@@ -3,16 +3,15 @@
 A scheduler with no workers takes the submits, so nothing runs and competes for
 the 2 cores: the figure is the client-side cost of one submit (Prefect's
 parameter walks and context pickling, the message to the scheduler, and with the
-shim the capture, the anchor, the drain record and the completion callback).
+shim the run's entry in its runner's held runs and the completion callback).
 
 Stock and patched alternate submit by submit in one runner, with the shim
 installed once: the patched side calls ``runner.submit`` (the wrapt wrapper),
 the stock side calls the function it wraps (``__wrapped__``, the stock
 ``submit``), so nothing is toggled between the timed calls and drift in the
 machine's speed hits both sides alike (the order is swapped every round).  The
-stock side still reads ``wrapped_future`` / ``client`` through the shim's
-properties, a few dictionary lookups per submit, which if anything flatters
-stock.  Reported: the median per-submit time of each side and their ratio.  A
+stock side still reads ``client`` through the shim's property, a dictionary
+lookup per submit, which if anything flatters stock.  Reported: the median per-submit time of each side and their ratio.  A
 second figure does not depend on the noise at all: the time spent in the shim's
 own code inside the patched submits (its bookkeeping after the stock submit
 returns, timed around that call), as a share of the stock submit.
@@ -37,10 +36,10 @@ CASES = {
 
 @contextlib.contextmanager
 def shim_work_timer(samples: List[float]):
-    """Time the shim's bookkeeping in each patched submit (``_after_submit``)."""
+    """Time the shim's bookkeeping in each patched submit (``_hold``)."""
     from prefect_future_anchor.dask_runner import integration
 
-    inner = integration._after_submit
+    inner = integration._hold
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
@@ -49,11 +48,11 @@ def shim_work_timer(samples: List[float]):
         finally:
             samples.append(time.perf_counter() - start)
 
-    integration._after_submit = timed
+    integration._hold = timed
     try:
         yield
     finally:
-        del integration._after_submit  # back to the class's method
+        del integration._hold  # back to the class's method
 
 
 def measure(rounds: int, batch: int) -> Dict[str, Dict[str, List[float]]]:

@@ -18,3 +18,13 @@ def inc(x):
 @task(cache_policy=NO_CACHE, persist_result=False)
 def size(items):
     return len(items)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def produce_big(i, nbytes):
+    return bytes([i % 256]) * nbytes
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def consume_big(blob):
+    return len(blob)
