@@ -109,6 +109,7 @@ def pytest_configure(config):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    os.environ.update(RAY_ISOLATION)
     # A fresh home per session: a database migrated by another release breaks this one.
     _home = tempfile.mkdtemp(prefix="pfa-prefect-home-")
     os.environ["PREFECT_HOME"] = _home
@@ -174,13 +175,19 @@ def dask_address():
         yield address
 
 
-@pytest.fixture(scope="session")
-def ray_address(tmp_path_factory):
-    """A local Ray head (``ray start --head --block``) owned by this session."""
-    if "ray" not in runners_available():
-        pytest.skip("this environment has no prefect-ray (PFA_RUNNERS)")
+#: The tests' Ray reads nothing of the user's: no token from ~/.ray (a newer Ray left
+#: one there once, and an older one then failed with "InvalidAuthToken"), no
+#: /tmp/ray session or ray_current_cluster file (its own --temp-dir).
+RAY_ISOLATION = {"RAY_AUTH_MODE": "disabled"}
+
+
+@contextlib.contextmanager
+def ray_head(log_dir: Path):
+    """A local Ray head (``ray start --head --block``) with a temp dir of its own,
+    stopped by its handle (the process group it leads); yields its address."""
     port = free_port()
-    log = tmp_path_factory.mktemp("ray") / "head.log"
+    log = log_dir / "head.log"
+    temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
     ray_bin = Path(sys.executable).with_name("ray")
     # Older releases (prefect 3.1 / prefect-ray 0.4.2) ship the flow to the Ray workers,
     # and its body refers to helpers in tests/flows.py by module: without this a worker
@@ -197,18 +204,27 @@ def ray_address(tmp_path_factory):
             "--num-cpus=2",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONPATH=worker_path),
+        env=dict(os.environ, PYTHONPATH=worker_path, **RAY_ISOLATION),
         start_new_session=True,
     )
-    address = f"127.0.0.1:{port}"
     try:
         _wait_until(lambda: re.search(rb"Ray runtime started", log.read_bytes()), 120, "ray head", proc, log)
-        yield address
+        yield f"127.0.0.1:{port}"
     finally:
         _kill_group(proc, timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    if "ray" not in runners_available():
+        pytest.skip("this environment has no prefect-ray (PFA_RUNNERS)")
+    with ray_head(tmp_path_factory.mktemp("ray")) as address:
+        yield address
 
 
 @pytest.fixture
