@@ -79,6 +79,7 @@ ROWS = [
 QUICK = [
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
+    "tests/test_anchoring_real.py::test_completion_fetches_no_result_into_the_driver",
     "tests/test_concurrent_start_real.py",
 ]
 FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py"]
