@@ -101,12 +101,17 @@ class Runs:
             return len(self._held)
 
 
-def runs_of(runner: Any, create: bool = True) -> Optional[Runs]:
-    """The :class:`Runs` of a runner instance (created on first use unless ``create`` is False)."""
-    found = runner.__dict__.get(_ATTRIBUTE)
-    if found is None and create:
+def runs_of(runner: Any) -> Runs:
+    """The :class:`Runs` of a runner instance, created on first use."""
+    found = held_by(runner)
+    if found is None:
         found = runner.__dict__.setdefault(_ATTRIBUTE, Runs())
     return found
+
+
+def held_by(runner: Any) -> Optional[Runs]:
+    """The :class:`Runs` of a runner instance, or None if it never held a run."""
+    return runner.__dict__.get(_ATTRIBUTE)
 
 
 def live_anchors() -> int:

@@ -179,6 +179,6 @@ def run_demo(which: str = "both") -> int:
     shimmed_ok = all(
         row["warnings"] == 0 and row["results_ok"] and row["fire_and_forget"] == 10
         for row in rows
-        if row["label"].endswith("shimmed")
+        if str(row["label"]).endswith("shimmed")
     )
     return 0 if shimmed_ok else 1

@@ -71,7 +71,7 @@ def drain(
     Returns the runs it cancelled.  Waiting uses the runs' completion
     callbacks: no result is fetched into this process.
     """
-    runs_held = anchor.runs_of(runner, create=False)
+    runs_held = anchor.held_by(runner)
     if mode == "ignore" or runs_held is None:
         return []
     runs = runs_held.pending()

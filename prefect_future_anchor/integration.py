@@ -174,7 +174,7 @@ class RunnerIntegration:
         the client / shuts Ray down: resolved runs die silently, and a run left
         unresolved (on_exit='ignore', or cancelled) gets the stock treatment."""
         try:
-            runs = anchor.runs_of(runner, create=False)
+            runs = anchor.held_by(runner)
             if runs is not None:
                 runs.release_all()
         except Exception as exc:  # pragma: no cover - defensive

@@ -316,12 +316,12 @@ def run_rounds(runner, rounds):
     def rounds_flow():
         import prefect_future_anchor
         from prefect.context import FlowRunContext
-        from prefect_future_anchor.anchor import runs_of
+        from prefect_future_anchor.anchor import held_by
 
         for i in range(rounds):
             inc.submit(i).wait()
         prefect_future_anchor.wait_released(60)
-        runs = runs_of(FlowRunContext.get().task_runner, create=False)
+        runs = held_by(FlowRunContext.get().task_runner)
         return runs.ever_held, len(runs)
 
     return _run(rounds_flow, runner, "rounds")
