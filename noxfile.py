@@ -18,7 +18,10 @@ A new Prefect release is one more line in ROWS (and, if it is the newest, a bump
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,6 +51,8 @@ class Row:
     run: Optional[str] = None
     #: runners ``-- ci`` exercises (default: ``run``); Ray costs about 2 minutes a row
     ci: Optional[str] = None
+    #: the Python the row runs on (default: PYTHON)
+    python: str = ""
     why: str = ""
 
     @property
@@ -73,6 +78,12 @@ ROWS = [
     Row("3.4.7",  "3.4.7",  "0.3.6",  "0.4.5", "2025-06-28", races=True, ci="dask"),
     Row("3.9.1",  "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True),
     Row("2.20.0", "2.20.0", "0.2.10", "0.3.7", "2024-08-06"),
+    # Python versions users run (PYTHON is the reference): the oldest Prefect 3 line on 3.9, the newest
+    # release on 3.12 and 3.13 (prefect 3.9 needs >= 3.11).  Scope PYTHONS: seed flow, fire-and-forget,
+    # switched on by install() and by PREFECT_FUTURE_ANCHOR=1 alone.
+    Row("py3.9",  "3.4.6",  "0.3.5",  None,    "2025-06-12", warns="dask", races=True, python="3.9"),
+    Row("py3.12", "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True, python="3.12"),
+    Row("py3.13", "3.9.1",  "0.3.7",  None,    "2026-10-31", races=True, python="3.13"),
 ]
 # fmt: on
 
@@ -84,10 +95,33 @@ QUICK = [
 ]
 FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py"]
 UNSUPPORTED = ["tests/test_unsupported_release.py"]
+PYTHONS = [
+    "tests/test_release_row.py",
+    "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
+    "tests/test_drain_real.py::test_fire_and_forget_completes_under_wait_and_stock_loses_some",
+    "tests/test_activation.py::test_seed_flow_on_dask_switched_on_by_the_environment",
+]
 
 
-@nox.session(python=PYTHON, venv_backend="uv", reuse_venv=True)
-@nox.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def interpreter(version: str) -> str:
+    """The interpreter for ``version``: uv finds PYTHON itself; others are looked up on
+    this machine (pyenv's versions, then PATH) and must answer to ``--version``."""
+    if not version or version == PYTHON:
+        return PYTHON
+    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    candidates.append(shutil.which(f"python{version}") or "")
+    for candidate in candidates:
+        try:
+            ok = subprocess.run([candidate, "--version"], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        if candidate and ok:
+            return candidate
+    return version  # nox reports it missing (error_on_missing_interpreters)
+
+
+@nox.session(venv_backend="uv", reuse_venv=True)
+@nox.parametrize(("python", "row"), [(interpreter(row.python), row) for row in ROWS], ids=[row.name for row in ROWS])
 def matrix(session: nox.Session, row: Row) -> None:
     """Install one row as of its date and run the release-matrix tests on it."""
     packages = [f"prefect=={row.prefect}", f"prefect-dask=={row.dask}"]
@@ -104,6 +138,8 @@ def matrix(session: nox.Session, row: Row) -> None:
         runners, args = row.ci_runners, args[1:]
     if not row.supported:
         scope = UNSUPPORTED
+    elif row.python:
+        scope = PYTHONS
 
     home = os.path.join(session.virtualenv.location, "prefect-home")
     os.makedirs(home, exist_ok=True)

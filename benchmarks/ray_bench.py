@@ -41,36 +41,27 @@ def submit_body(count: int) -> None:
     from prefect_ray.task_runners import RayTaskRunner
 
     from prefect_future_anchor.ray_runner import integration
+    from submit import shim_work_timer
     from workload import inc
 
     runner = FlowRunContext.get().task_runner
     stock_submit = RayTaskRunner.submit.__wrapped__
     call = {"patched": runner.submit, "stock": lambda t, p: stock_submit(runner, t, p)}
-    inner = integration._hold
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            SUBMIT["shim work"].append(time.perf_counter() - start)
-
-    integration._hold = timed
     futures = []
     try:
         for side in ("stock", "patched") * 3:
             futures.append(call[side](inc, {"x": 1}))
-        for i in range(count):
-            for side in ("stock", "patched") if i % 2 == 0 else ("patched", "stock"):
-                start = time.perf_counter()
-                futures.append(call[side](inc, {"x": 1}))
-                SUBMIT[side].append(time.perf_counter() - start)
-            if len(futures) >= 100:
-                for f in futures:
-                    ray.cancel(f.wrapped_future, force=True)
-                futures.clear()
+        with shim_work_timer(SUBMIT["shim work"], integration):
+            for i in range(count):
+                for side in ("stock", "patched") if i % 2 == 0 else ("patched", "stock"):
+                    start = time.perf_counter()
+                    futures.append(call[side](inc, {"x": 1}))
+                    SUBMIT[side].append(time.perf_counter() - start)
+                if len(futures) >= 100:
+                    for f in futures:
+                        ray.cancel(f.wrapped_future, force=True)
+                    futures.clear()
     finally:
-        del integration._hold
         for f in futures:
             ray.cancel(f.wrapped_future, force=True)
 

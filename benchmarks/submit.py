@@ -35,9 +35,11 @@ CASES = {
 
 
 @contextlib.contextmanager
-def shim_work_timer(samples: List[float]):
-    """Time the shim's bookkeeping in each patched submit (``_hold``)."""
-    from prefect_future_anchor.dask_runner import integration
+def shim_work_timer(samples: List[float], integration=None):
+    """Time the shim's bookkeeping in each patched submit (``_hold``) of
+    ``integration`` (default: Dask's)."""
+    if integration is None:
+        from prefect_future_anchor.dask_runner import integration
 
     inner = integration._hold
 
