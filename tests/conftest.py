@@ -208,7 +208,8 @@ def ray_head(log_dir: Path):
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONPATH=worker_path, **RAY_ISOLATION),
+        # a busy 2-core machine can take longer than Ray's default to register the raylet
+        env=dict(os.environ, PYTHONPATH=worker_path, RAY_raylet_start_wait_time_s="120", **RAY_ISOLATION),
         start_new_session=True,
     )
     try:
