@@ -1,0 +1,81 @@
+"""What a user installs: the sdist and the wheel, built from this checkout.
+
+The wheel holds the package and the start-up hook, nothing else: the demo
+(``prefect-future-anchor demo``) and the throw-away Prefect server it starts
+(``prefect_future_anchor.server``) ship with it because the demo is a user
+command that shows the fix on the user's own installation; neither is imported
+unless that command runs.  Metadata must render on the package index
+(``twine check --strict``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import prefect_future_anchor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WHEEL = {
+    "prefect_future_anchor/__init__.py",
+    "prefect_future_anchor/anchor.py",
+    "prefect_future_anchor/autostart.py",
+    "prefect_future_anchor/bootstrap/sitecustomize.py",
+    "prefect_future_anchor/cli.py",
+    "prefect_future_anchor/dask_runner.py",
+    "prefect_future_anchor/demo.py",
+    "prefect_future_anchor/drain.py",
+    "prefect_future_anchor/guard.py",
+    "prefect_future_anchor/integration.py",
+    "prefect_future_anchor/lifecycle.py",
+    "prefect_future_anchor/py.typed",
+    "prefect_future_anchor/ray_runner.py",
+    "prefect_future_anchor/releases.py",
+    "prefect_future_anchor/server.py",
+    "prefect_future_anchor-autostart.pth",
+}
+
+
+def _uv() -> str:
+    uv = shutil.which("uv")
+    assert uv, "uv is needed to build the distributions (./run puts it on PATH)"
+    return uv
+
+
+def _twine() -> Path:
+    where = ROOT / ".venvs" / "twine"
+    python = where / "bin" / "python"
+    if not (where / ".pfa-ready").exists():
+        subprocess.run([_uv(), "venv", "--quiet", "--python", sys.executable, str(where)], check=True, timeout=300)
+        subprocess.run([_uv(), "pip", "install", "--quiet", "--python", str(python), "twine"], check=True, timeout=300)
+        (where / ".pfa-ready").write_text("twine")
+    return where / "bin" / "twine"
+
+
+def test_sdist_and_wheel_contents_and_metadata(tmp_path):
+    build = subprocess.run(
+        [_uv(), "build", "--out-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600
+    )
+    assert build.returncode == 0, build.stderr[-4000:]
+    version = prefect_future_anchor.__version__
+    (wheel,) = tmp_path.glob(f"prefect_future_anchor-{version}-py3-none-any.whl")
+    (sdist,) = tmp_path.glob(f"prefect_future_anchor-{version}.tar.gz")
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    info = f"prefect_future_anchor-{version}.dist-info/"
+    assert {n for n in names if not n.startswith(info)} == WHEEL
+    assert f"{info}licenses/LICENSE" in names
+    metadata = zipfile.ZipFile(wheel).read(f"{info}METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+
+    members = {m.split("/", 1)[1] for m in tarfile.open(sdist).getnames() if "/" in m}
+    assert {"LICENSE", "README.md", "pyproject.toml", "prefect_future_anchor/py.typed"} <= members
+
+    check = subprocess.run([str(_twine()), "check", "--strict", str(wheel), str(sdist)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
