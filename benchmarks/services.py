@@ -16,6 +16,8 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# a local Ray on a busy 2-core machine can take longer than Ray's default to register its raylet
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 
 @contextlib.contextmanager

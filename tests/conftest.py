@@ -110,6 +110,8 @@ def pytest_configure(config):
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
     os.environ.update(RAY_ISOLATION)
+    # a local Ray on a busy 2-core machine can take longer than Ray's default to register its raylet
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     # A fresh home per session: a database migrated by another release breaks this one.
     _home = tempfile.mkdtemp(prefix="pfa-prefect-home-")
     os.environ["PREFECT_HOME"] = _home
@@ -208,8 +210,7 @@ def ray_head(log_dir: Path):
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        # a busy 2-core machine can take longer than Ray's default to register the raylet
-        env=dict(os.environ, PYTHONPATH=worker_path, RAY_raylet_start_wait_time_s="120", **RAY_ISOLATION),
+        env=dict(os.environ, PYTHONPATH=worker_path, **RAY_ISOLATION),
         start_new_session=True,
     )
     try:
