@@ -18,7 +18,6 @@ exits is let go there.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 _ATTRIBUTE = "_prefect_future_anchor_runs"
@@ -89,12 +88,8 @@ class Runs:
         ``future.wait()`` would pull each run's result into this process.
         """
         wanted = list(keys)
-        deadline = time.monotonic() + timeout
         with self._changed:
-            return self._changed.wait_for(
-                lambda: not any(key in self._held for key in wanted),
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
+            return self._changed.wait_for(lambda: not any(key in self._held for key in wanted), timeout=timeout)
 
     def __len__(self) -> int:
         with self._changed:

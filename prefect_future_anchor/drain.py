@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any, Callable, List, Tuple
 
 from . import anchor

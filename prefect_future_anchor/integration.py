@@ -161,13 +161,11 @@ class RunnerIntegration:
             drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel)
         except Exception as exc:
             guard.failed(f"{self.name}.drain", exc)
-        except BaseException:
-            # interrupted while waiting (Ctrl-C): still close the client / shut Ray down
+        finally:
+            # also when interrupted while waiting (Ctrl-C): close the client / shut Ray down
             self._let_go(instance)
-            wrapped(*args, **kwargs)
-            raise
-        self._let_go(instance)
-        return wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
+        return result
 
     def _let_go(self, runner: Any) -> None:
         """Drop whatever the runner's runs still hold before the stock exit closes
