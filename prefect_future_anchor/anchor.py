@@ -17,6 +17,7 @@ exits is let go there.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -42,6 +43,12 @@ class Runs:
         self._changed = threading.Condition()
         #: how many runs were ever held (so a test can tell "all released" from "never held")
         self.ever_held = 0
+        #: the context of the first submit (the flow run's settings, client and
+        #: logger) and the flow run the engine updates: set by the integration
+        self.context: Optional[contextvars.Context] = None
+        self.flow_run: Any = None
+        #: runs the shim cancelled: their end is a cancellation, not a crash
+        self.cancelled: set = set()
 
     def hold(self, key: Any, name: str, future: Any) -> Callable[..., None]:
         """Keep ``future`` until the returned release is called (idempotent; the
@@ -76,6 +83,11 @@ class Runs:
         with self._changed:
             keys = list(self._held)
         self.release(keys)
+
+    def get(self, key: Any) -> Optional[Tuple[str, Any]]:
+        """``(name, future)`` of a held run, or None."""
+        with self._changed:
+            return self._held.get(key)
 
     def pending(self) -> List[Tuple[Any, str, Any]]:
         with self._changed:

@@ -74,6 +74,17 @@ class DaskIntegration(RunnerIntegration):
     def cancel(self, raw: Any) -> None:
         raw.cancel()
 
+    def failure(self, raw: Any) -> Optional[BaseException]:
+        # A run's Prefect engine returns its State (Failed included) as the Dask
+        # result: "error" means the call itself never returned, its worker died
+        # (KilledWorker) or the engine crashed.  Cancelled futures are not failures.
+        if raw.status != "error":
+            return None
+        try:
+            return raw.exception(timeout=10)
+        except Exception as exc:
+            return exc
+
     # -- prefect-dask 0.3.4+: the client is created lazily, with no lock ------------
     def shape_problem(self, patch: str) -> Optional[str]:
         problem = super().shape_problem(patch)

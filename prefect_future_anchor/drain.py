@@ -64,20 +64,25 @@ def drain(
     mode: str,
     timeout: float,
     cancel: Callable[[Any], None],
-) -> List[Tuple[Any, str, Any]]:
+    abandon: str = "",
+) -> Tuple[List[Tuple[Any, str, Any]], str]:
     """Resolve, or cancel and name, the runner's unresolved runs (at runner exit).
 
-    Returns the runs it cancelled.  Waiting uses the runs' completion
+    ``abandon`` (why the exit is not clean: the flow run failed, timed out, was
+    cancelled or interrupted) cancels them at once, whatever ``mode`` says.
+    Returns the runs it cancelled and why.  Waiting uses the runs' completion
     callbacks: no result is fetched into this process.
     """
     runs_held = anchor.held_by(runner)
-    if mode == "ignore" or runs_held is None:
-        return []
+    if runs_held is None or (mode == "ignore" and not abandon):
+        return [], ""
     runs = runs_held.pending()
     if not runs:
-        return []
+        return [], ""
     log = _logger_for(runner)
-    if mode == "wait":
+    if abandon:
+        reason = f"unresolved when {abandon}"
+    elif mode == "wait":
         log.info(
             "prefect-future-anchor: waiting up to %gs for %d unresolved task run(s) "
             "before the task runner shuts down: %s",
@@ -89,10 +94,11 @@ def drain(
         still = {key for key, _name, _future in runs_held.pending()}
         runs = [run for run in runs if run[0] in still]
         if not runs:
-            return []
+            return [], ""
         reason = f"still unresolved after drain_timeout={timeout:g}s"
     else:
         reason = "unresolved at task runner exit (on_exit='cancel')"
+    runs_held.cancelled.update(key for key, _name, _future in runs)
     for _key, _name, future in runs:
         cancel(future.wrapped_future)
     log.warning(
@@ -101,4 +107,4 @@ def drain(
         reason,
         _names(runs),
     )
-    return runs
+    return runs, reason

@@ -282,12 +282,7 @@ def status() -> Report:
             elif patch.name in integration.applied:
                 state, reason = "applied", decision.reason
                 if patch.name.endswith(".track") and _on_exit == "ignore":
-                    reason += (
-                        " (on_exit='ignore': no drain; runs are held until they resolve only "
-                        "because this release logs the false warning)"
-                        if releases.has_false_warning(patch.distribution, versions.get(patch.distribution))
-                        else " (on_exit='ignore': nothing to correct on this release, runs are not held)"
-                    )
+                    reason += " (on_exit='ignore': a clean exit does not drain)"
             elif patch.name in _skipped:
                 state, reason = "skipped", _skipped[patch.name]
             elif not decision.wanted:

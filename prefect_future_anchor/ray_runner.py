@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import wrapt
 
-from . import guard
+from . import guard, ray_errors
 from .integration import RunnerIntegration
 
 #: How long one ``ray.wait`` of the watcher blocks before it takes in newly
@@ -143,6 +143,15 @@ class RayIntegration(RunnerIntegration):
     def cancel(self, raw: Any) -> None:
         _ray().cancel(raw, force=True)
 
+    worker_word = "worker or node"
+
+    def failure(self, raw: Any) -> Optional[BaseException]:
+        # Runs on the watcher thread (paused before ray.shutdown()), never on Ray's own.
+        error = ray_errors.failure(raw)
+        if error is None or ray_errors.cancelled(error):
+            return None
+        return error
+
     def _exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         """Stop the watcher before ``ray.shutdown()`` and make no Ray call while it runs."""
 
@@ -172,6 +181,8 @@ class RayIntegration(RunnerIntegration):
                 return f"ray.wait cannot be inspected ({exc})"
             if "fetch_local" not in wait_parameters:
                 return "ray.wait has no fetch_local parameter (completion would fetch results)"
+        if patch == "ray.final-states":
+            return ray_errors.shape_problem()
         if patch == "ray.ready-del":
             if not callable(self.future_class().__dict__.get("__del__")):
                 return "PrefectRayFuture.__del__ is not defined on the class"

@@ -77,6 +77,28 @@ PATCHES = (
         "thread: no result is fetched into the driver.",
     ),
     Patch(
+        "dask.final-states",
+        "prefect-dask",
+        ">=0.3.0",
+        "A task run whose Dask worker dies (the scheduler gives up on it: "
+        "KilledWorker) never reports again: stock leaves it RUNNING in the API for "
+        "good, its future says RUNNING and the flow ends Completed. The completion "
+        "callback of a held run whose future ends in error reads the run's state "
+        "and, unless the engine reported a final one, proposes Crashed naming the "
+        "cause; runs cancelled at exit are proposed Cancelled; an exit after the "
+        "flow run failed, timed out or was interrupted cancels its unresolved runs "
+        "at once. Nothing is replaced on the runner (the track wrappers read it); "
+        "a run that ends normally costs no API call.",
+    ),
+    Patch(
+        "ray.final-states",
+        "prefect-ray",
+        ">=0.4.0",
+        "The same on Ray: a run whose worker crashed, whose node died or whose "
+        "object was lost (its ObjectRef holds a Ray error, read without fetching a "
+        "successful result) is proposed Crashed; cancelled runs Cancelled.",
+    ),
+    Patch(
         "ray.ready-del",
         "prefect-ray",
         ">=0.4.0,<0.4.5",

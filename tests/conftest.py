@@ -8,6 +8,7 @@ the environment before Prefect (and the Dask/Ray workers) read their settings.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -63,6 +64,7 @@ def expected_patches(versions) -> set:
         if versions.get(distribution) is None:
             continue
         expected.add(f"{integration.name}.track")
+        expected.add(f"{integration.name}.final-states")
         if integration.name == "ray" and stock_warns("ray"):
             expected.add("ray.ready-del")
         if integration.name == "dask" and client_races():
@@ -177,6 +179,48 @@ def dask_address():
         yield address
 
 
+@contextlib.contextmanager
+def dask_processes_at(log_dir: Path, workers: int = 2, nthreads: int = 2, env: "dict | None" = None):
+    """A ``dask scheduler`` and ``workers`` ``dask worker`` processes (each in its own
+    process group, stopped by its handle); yields the scheduler address and
+    ``{worker address: worker pid}``.  ``env``: extra environment (Dask config)."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = []
+    bin_dir = Path(sys.executable).parent
+    # The workers import the tests' task modules.
+    here = str(Path(__file__).resolve().parent)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    environment.update(env or {})
+
+    def start(name, argv):
+        log = log_dir / f"{name}.log"
+        procs.append(
+            subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        )
+
+    try:
+        start("scheduler", [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"])
+        for n in range(workers):
+            start(
+                f"worker{n}",
+                [
+                    str(bin_dir / "dask"), "worker", address, "--host", "127.0.0.1",
+                    "--nworkers", "1", "--nthreads", str(nthreads), "--no-dashboard",
+                ],
+            )
+        _wait_until(lambda: procs[0].poll() is None, 5, "dask scheduler", procs[0])
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=90)
+            pids = client.run(os.getpid)
+        yield address, pids
+    finally:
+        for proc in reversed(procs):
+            _kill_group(proc)
+
+
 #: The tests' Ray reads nothing of the user's: no token from ~/.ray (a newer Ray left
 #: one there once, and an older one then failed with "InvalidAuthToken"), no
 #: /tmp/ray session or ray_current_cluster file (its own --temp-dir).
@@ -227,6 +271,32 @@ def ray_address(tmp_path_factory):
         pytest.skip("this environment has no prefect-ray (PFA_RUNNERS)")
     with ray_head(tmp_path_factory.mktemp("ray")) as address:
         yield address
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self, level=logging.DEBUG, containing=""):
+        return [r.getMessage() for r in self.records if r.levelno >= level and containing in r.getMessage()]
+
+
+@pytest.fixture
+def records():
+    """The records of Prefect's and the shim's loggers during one test."""
+    handler = Records()
+    loggers = [logging.getLogger("prefect"), logging.getLogger("prefect_future_anchor")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -20,31 +20,6 @@ import flows
 RUNNERS = runners_available()
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def messages(self, level=logging.DEBUG, containing=""):
-        return [r.getMessage() for r in self.records if r.levelno >= level and containing in r.getMessage()]
-
-
-@pytest.fixture
-def records():
-    handler = Records()
-    loggers = [logging.getLogger("prefect"), logging.getLogger("prefect_future_anchor")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-
-
 def done_files(directory):
     return len(list(Path(directory).glob("*.done")))
 

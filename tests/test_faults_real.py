@@ -19,16 +19,13 @@ import contextvars
 import gc
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import prefect_future_anchor
-from conftest import _kill_group, _wait_until, free_port, runners_available
+from conftest import dask_processes_at, runners_available
 from prefect import flow
 
 from fault_tasks import DriverSide, child, exits, parent, raises
@@ -39,7 +36,6 @@ from fault_tasks import DriverSide, child, exits, parent, raises
 RUNNERS = runners_available()
 CHAINS = 100  # 200 dependent task runs for Dask
 RAY_CHAINS = 8  # 2 Ray CPUs and a Prefect engine per run: 16 runs + the two faulty chains
-BIN = Path(sys.executable).parent
 
 
 def settled(gc_warnings) -> int:
@@ -57,48 +53,8 @@ def dask_processes(tmp_path):
     yields the scheduler address and ``{worker address: worker pid}``."""
     if "dask" not in RUNNERS:
         pytest.skip("this environment has no prefect-dask (PFA_RUNNERS)")
-    from distributed import Client
-
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = []
-    # The workers import this module to run its tasks.
-    here = str(Path(__file__).resolve().parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
-
-    def start(name, argv):
-        log = tmp_path / f"{name}.log"
-        procs.append(
-            subprocess.Popen(
-                argv,
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        )
-
-    try:
-        start(
-            "scheduler",
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-        )
-        for n in range(2):
-            start(
-                f"worker{n}",
-                [
-                    str(BIN / "dask"), "worker", address, "--host", "127.0.0.1",
-                    "--nworkers", "1", "--nthreads", "2", "--no-dashboard",
-                ],
-            )
-        _wait_until(lambda: procs[0].poll() is None, 5, "dask scheduler", procs[0])
-        with Client(address, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=90)
-            pids = client.run(os.getpid)
-        yield address, pids
-    finally:
-        for proc in reversed(procs):
-            _kill_group(proc)
+    with dask_processes_at(tmp_path, workers=2) as found:
+        yield found
 
 
 @pytest.mark.faults
