@@ -155,12 +155,248 @@ def run_seed_script(tmp_path: Path, kind: str, address: str, env: dict, command_
 # -- the .pth hook --------------------------------------------------------------------------
 
 
-def test_shipped_pth_is_generated_from_start():
-    """The .pth line is start()'s own code; the installed copy is the shipped one."""
-    shipped = (ROOT / "prefect_future_anchor" / "autostart.pth").read_text()
-    assert shipped == autostart.pth_text(), "regenerate: python -m prefect_future_anchor.autostart"
-    installed = Path(sysconfig.get_paths()["purelib"]) / autostart.PTH_NAME
+#: The generated start-up files: source file -> the name it is installed under in site-packages.
+INSTALLED_AS = {
+    "autostart.pth": autostart.PTH_NAME,
+    "autostart.start": autostart.START_NAME,
+    "autostart_entry.py": autostart.ENTRY_MODULE + ".py",
+}
+
+
+@pytest.mark.parametrize("source", sorted(INSTALLED_AS))
+def test_shipped_hook_files_are_generated_from_start(source):
+    """The .pth line is start()'s own code, the .start file names the entry module's
+    run(), which runs that same line; the installed copies are the shipped ones."""
+    assert set(INSTALLED_AS) == set(autostart.GENERATED)
+    shipped = (ROOT / "prefect_future_anchor" / source).read_text()
+    assert shipped == autostart.GENERATED[source](), "regenerate: python -m prefect_future_anchor.autostart"
+    installed = Path(sysconfig.get_paths()["purelib"]) / INSTALLED_AS[source]
     assert installed.read_text() == shipped, f"reinstall the project: {installed} is stale"
+
+
+def test_start_file_matches_the_pth_and_names_the_entry_module():
+    """PEP 829: a .start file disables the import lines of the .pth with the same name
+    in the same directory; its entry points have the strict ``module:callable`` form."""
+    assert autostart.PTH_NAME[: -len(".pth")] == autostart.START_NAME[: -len(".start")]
+    entries = [
+        line.strip()
+        for line in autostart.start_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert entries == [autostart.ENTRY_POINT]
+    assert re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", entries[0])
+    # a top-level module: naming anything inside the package would import the whole package
+    # (wrapt, importlib.metadata) into every interpreter, switched on or not
+    assert "." not in autostart.ENTRY_MODULE
+    namespace = {}
+    exec(autostart.entry_module_text(), namespace)
+    assert namespace["LINE"] == autostart.pth_line()
+    assert [line for line in autostart.pth_text().splitlines() if not line.startswith("#")] == [
+        autostart.pth_line()
+    ]
+
+
+def _loaded_names(code) -> set:
+    """Every name the code object (and those nested in it) reads from its namespaces."""
+    import dis
+
+    names = set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_NAME", "LOAD_GLOBAL", "LOAD_DEREF", "LOAD_CLASSDEREF"):
+            names.add(instruction.argval)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            names |= _loaded_names(const)
+    return names
+
+
+def test_pth_line_uses_nothing_of_site():
+    """The import line reads no name of site.py's (``sitedir``, the function's locals: Python
+    3.15 runs import lines from another function than 3.14, which broke lines that did), only
+    builtins and what it imports; and it runs the hook in a namespace of its own, leaving
+    nothing in the namespace that runs it."""
+    line = autostart.pth_line()
+    code = compile(line, "<pth line>", "exec")
+    assert _loaded_names(code) <= {"os", "sys", "exec", "any", "getattr", "f", ".0"}, _loaded_names(code)
+    run_in_a_bare_namespace = (
+        "import json, sys\n"
+        "def runner():\n"
+        "    namespace = {}\n"
+        "    exec(%r, namespace)\n"
+        "    return sorted(k for k in namespace if k != '__builtins__')\n"
+        "left = runner()\n" % line + HOOK_PROBE.replace("print(json.dumps({", "print(json.dumps({'left': left, ")
+    )
+    # -S: no site, no .pth processed; the line alone, in a function that has no sitedir
+    proc = python(run_in_a_bare_namespace, environment(PREFECT_FUTURE_ANCHOR="1"), "-S")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert json.loads(proc.stdout) == {"left": ["os", "sys"], "hook": "pth", "heavy": []}
+
+
+#: Python 3.15's processing of one site-packages directory (PEP 829, as Lib/site.py implements
+#: it: addsitedir() reads every .pth then every .start, sorted; flush_pth_start() extends
+#: sys.path, execs the import lines of each .pth that has no .start of the same name, then
+#: resolves and calls each entry point), in an interpreter started with -S.  argv: site-packages
+#: directory, mode, probe.  Modes: "pep829" as above; "both" (an interpreter that reads both
+#: files: every import line, then every entry point); "start-first" (entry points, then every
+#: import line).
+PEP829_SITE = r'''
+import json, os, pkgutil, re, sys
+
+sitedir, mode, probe = sys.argv[1:4]
+sys.path.append(sitedir)
+names = sorted(n for n in os.listdir(sitedir) if not n.startswith("."))
+import_lines, entry_points = {}, {}
+
+
+def lines(name):
+    with open(os.path.join(sitedir, name), encoding="utf-8-sig") as file:
+        return [l.strip() for l in file.read().splitlines() if l.strip() and not l.strip().startswith("#")]
+
+
+for name in (n for n in names if n.endswith(".pth")):
+    for line in lines(name):
+        if line.startswith(("import ", "import\t")):
+            import_lines.setdefault(name, []).append(line)
+        else:
+            path = os.path.abspath(os.path.join(sitedir, line))
+            if os.path.exists(path) and path not in sys.path:
+                sys.path.append(path)
+for name in (n for n in names if n.endswith(".start")):
+    entry_points[name] = lines(name)  # present, even empty: it disables the .pth's import lines
+done = {"import_lines_run": [], "import_lines_skipped": [], "entry_points_called": []}
+
+
+def exec_imports():
+    for name, found in import_lines.items():
+        if mode == "pep829" and name[: -len(".pth")] + ".start" in entry_points:
+            done["import_lines_skipped"].append(name)
+            continue
+        for line in found:
+            exec(line)  # in this function's namespace, as site does
+        done["import_lines_run"].append(name)
+
+
+def call_entry_points():
+    for name, found in entry_points.items():
+        for entry in found:
+            # pkgutil.resolve_name(strict=True) of 3.15: module:callable, callable required
+            assert re.fullmatch(r"\w+(\.\w+)*:\w+(\.\w+)*", entry), entry
+            pkgutil.resolve_name(entry)()
+            done["entry_points_called"].append(entry)
+
+
+steps = [call_entry_points, exec_imports] if mode == "start-first" else [exec_imports, call_entry_points]
+for step in steps:
+    step()
+print("SITE " + json.dumps(done))
+exec(probe)
+'''
+
+#: After the start-up hooks: how many finders of ours wait, and how many times install()
+#: runs (a profile hook counts its calls while the first trigger import activates the
+#: shim; then a wrapper counts them while a second trigger, prefect_dask, is imported).
+ONCE_PROBE = """
+import json, os, sys
+def finders():
+    return sum(1 for f in sys.meta_path if getattr(f, "prefect_future_anchor_hook", None))
+before = finders()
+installs = []
+LIFECYCLE = os.path.join("prefect_future_anchor", "lifecycle.py")
+def profile(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "install" and frame.f_code.co_filename.endswith(LIFECYCLE):
+        installs.append("activation")
+sys.setprofile(profile)
+import prefect_future_anchor.autostart as autostart  # the first trigger
+sys.setprofile(None)
+from prefect_future_anchor import lifecycle
+original = lifecycle.install
+def counting(*args, **kwargs):
+    installs.append("second trigger")
+    return original(*args, **kwargs)
+lifecycle.install = counting
+import prefect_dask  # a second finder would run install() again here
+lifecycle.install = original
+print("ONCE " + json.dumps({
+    "finders_before": before,
+    "finders_after": finders(),
+    "activation": autostart.activation,
+    "hook": autostart.activated_by,
+    "installs": installs,
+    "applied": sys.modules["prefect_future_anchor"].status().applied,
+    "entry_module_loaded": "_prefect_future_anchor_autostart" in sys.modules,
+}))
+"""
+
+
+def pep829_site(sitedir, mode: str, probe: str, env: dict, python_exe: str = PYTHON, cwd=None):
+    """Run :data:`PEP829_SITE` over ``sitedir`` with ``python -S``; returns (site report, proc)."""
+    proc = subprocess.run(
+        [python_exe, "-S", "-c", PEP829_SITE, str(sitedir), mode, probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd or ROOT / "tests",
+    )
+    return last_json(proc, "SITE "), proc
+
+
+def test_start_entry_point_alone_activates_as_python_3_15_would():
+    """Python 3.15's processing of this environment's site-packages: the .pth's import line is
+    skipped for the .start file, whose entry point alone starts the hook, importing nothing."""
+    purelib = sysconfig.get_paths()["purelib"]
+    probe = HOOK_PROBE.replace("print(json.dumps({", "print(json.dumps({'entry': '%s' in sys.modules, " % (
+        autostart.ENTRY_MODULE
+    ))
+    done, proc = pep829_site(purelib, "pep829", probe, environment(PREFECT_FUTURE_ANCHOR="1"))
+    assert proc.stderr == "", proc.stderr
+    assert autostart.PTH_NAME in done["import_lines_skipped"]
+    assert autostart.PTH_NAME not in done["import_lines_run"]
+    assert autostart.ENTRY_POINT in done["entry_points_called"]
+    assert last_json(proc) == {"entry": True, "hook": "pth", "heavy": []}
+    off, proc = pep829_site(purelib, "pep829", probe, environment())
+    assert proc.stderr == "" and autostart.ENTRY_POINT in off["entry_points_called"]
+    assert last_json(proc) == {"entry": True, "hook": None, "heavy": []}
+    code = "import prefect_future_anchor.lifecycle as l, prefect_future_anchor.autostart as a; print(l.is_installed(), a.activated_by)"
+    for env, expected in ((environment(PREFECT_FUTURE_ANCHOR="1"), "True pth"), (environment(), "False None")):
+        done, proc = pep829_site(purelib, "pep829", code, env)
+        assert proc.stderr == "" and proc.stdout.splitlines()[-1] == expected, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("order", ["site-then-start", "pth-then-start", "start-then-pth"])
+def test_pth_and_start_in_one_interpreter_activate_once(order):
+    """An interpreter that runs both hooks (in either order) puts one finder on sys.meta_path
+    and runs install() once: the second hook stops at the sys.meta_path scan."""
+    env = environment(PREFECT_FUTURE_ANCHOR="1")
+    if order == "site-then-start":  # this Python's own site runs the .pth; then the .start's entry point
+        with open(Path(sysconfig.get_paths()["purelib"]) / autostart.START_NAME) as file:
+            (entry,) = [l.strip() for l in file if l.strip() and not l.startswith("#")]
+        code = "import pkgutil; pkgutil.resolve_name(%r)()\n%s" % (entry, ONCE_PROBE)
+        proc = python(code, env)
+    else:
+        mode = "both" if order == "pth-then-start" else "start-first"
+        done, proc = pep829_site(sysconfig.get_paths()["purelib"], mode, ONCE_PROBE, env)
+        assert autostart.PTH_NAME in done["import_lines_run"]
+        assert autostart.ENTRY_POINT in done["entry_points_called"]
+    assert proc.stderr == "", proc.stderr[-4000:]
+    once = last_json(proc, "ONCE ")
+    assert once["installs"] == ["activation"], once
+    assert once["finders_before"] == 1 and once["finders_after"] == 0, once
+    assert once["activation"] == "installed" and once["hook"] == "pth", once
+    assert once["entry_module_loaded"] and "dask.track" in once["applied"], once
+
+
+@pytest.mark.parametrize("value", ["yes", "2"])
+def test_bad_value_warns_once_with_both_hooks(value):
+    """Both hooks, one interpreter, an unrecognised value: one line on stderr, not two."""
+    code = "import prefect_future_anchor as p; print('alive', p.is_installed())"
+    done, proc = pep829_site(
+        sysconfig.get_paths()["purelib"], "both", code, environment(PREFECT_FUTURE_ANCHOR=value)
+    )
+    assert autostart.ENTRY_POINT in done["entry_points_called"]
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "alive False"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and f"ignoring PREFECT_FUTURE_ANCHOR={value!r}" in lines[0], proc.stderr
 
 
 def test_startup_with_switch_on_imports_nothing(tmp_path):

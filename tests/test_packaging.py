@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import prefect_future_anchor
+from prefect_future_anchor import autostart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,11 +34,23 @@ WHEEL = {
     "prefect_future_anchor/guard.py",
     "prefect_future_anchor/integration.py",
     "prefect_future_anchor/lifecycle.py",
+    "prefect_future_anchor/outcomes.py",
     "prefect_future_anchor/py.typed",
+    "prefect_future_anchor/ray_errors.py",
     "prefect_future_anchor/ray_runner.py",
     "prefect_future_anchor/releases.py",
     "prefect_future_anchor/server.py",
     "prefect_future_anchor-autostart.pth",
+    # Python 3.15+ (PEP 829): the .start file beside the .pth and the top-level module it names
+    "prefect_future_anchor-autostart.start",
+    "_prefect_future_anchor_autostart.py",
+}
+
+#: The start-up hook files at the root of the wheel, with the text each must have.
+HOOK_FILES = {
+    autostart.PTH_NAME: autostart.pth_text,
+    autostart.START_NAME: autostart.start_text,
+    autostart.ENTRY_MODULE + ".py": autostart.entry_module_text,
 }
 
 
@@ -69,6 +82,8 @@ def test_sdist_and_wheel_contents_and_metadata(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     info = f"prefect_future_anchor-{version}.dist-info/"
     assert {n for n in names if not n.startswith(info)} == WHEEL
+    for name, text in HOOK_FILES.items():
+        assert zipfile.ZipFile(wheel).read(name).decode() == text(), name
     assert f"{info}licenses/LICENSE" in names
     metadata = zipfile.ZipFile(wheel).read(f"{info}METADATA").decode()
     assert "License-Expression: Apache-2.0" in metadata
