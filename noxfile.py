@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import nox
+import nox.command
 
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True
@@ -53,6 +54,8 @@ class Row:
     ci: Optional[str] = None
     #: the Python the row runs on (default: PYTHON)
     python: str = ""
+    #: the newest releases: also the final-state tests (killed workers, cancelled runs, exits)
+    newest: bool = False
     why: str = ""
 
     @property
@@ -76,7 +79,7 @@ ROWS = [
     Row("3.3.7",  "3.3.7",  "0.3.5",  "0.4.4", "2025-04-29", warns="dask,ray", warns_finished="ray", races=True, ci="dask"),
     Row("3.4.6",  "3.4.6",  "0.3.5",  "0.4.4", "2025-06-12", warns="dask,ray", warns_finished="ray", races=True, ci="dask"),
     Row("3.4.7",  "3.4.7",  "0.3.6",  "0.4.5", "2025-06-28", races=True, ci="dask"),
-    Row("3.9.1",  "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True),
+    Row("3.9.1",  "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True, newest=True),
     Row("2.20.0", "2.20.0", "0.2.10", "0.3.7", "2024-08-06"),
     # Python versions users run (PYTHON is the reference): the oldest Prefect 3 line on 3.9, the newest
     # release on 3.12 and 3.13 (prefect 3.9 needs >= 3.11).  Scope PYTHONS: seed flow, fire-and-forget,
@@ -93,8 +96,9 @@ QUICK = [
     "tests/test_anchoring_real.py::test_completion_fetches_no_result_into_the_driver",
     "tests/test_concurrent_start_real.py",
 ]
-FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py"]
+FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py", "tests/test_final_states_real.py"]
 UNSUPPORTED = ["tests/test_unsupported_release.py"]
+NEWEST = ["tests/test_final_states_real.py"]
 PYTHONS = [
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
@@ -120,6 +124,17 @@ def interpreter(version: str) -> str:
     return version  # nox reports it missing (error_on_missing_interpreters)
 
 
+def install(session: nox.Session, *args: str) -> None:
+    """``uv pip install`` from uv's cache alone when it holds everything (no index round
+    trips: a row's environment is built in a few seconds), else from the index.  The
+    resolution is the same either way: ``--exclude-newer`` fixes it."""
+    try:
+        session.install("--offline", *args, silent=True)
+    except nox.command.CommandFailed:
+        session.log("not all in uv's cache: installing from the index")
+        session.install(*args)
+
+
 @nox.session(venv_backend="uv", reuse_venv=True)
 @nox.parametrize(("python", "row"), [(interpreter(row.python), row) for row in ROWS], ids=[row.name for row in ROWS])
 def matrix(session: nox.Session, row: Row) -> None:
@@ -127,8 +142,8 @@ def matrix(session: nox.Session, row: Row) -> None:
     packages = [f"prefect=={row.prefect}", f"prefect-dask=={row.dask}"]
     if row.ray:
         packages.append(f"prefect-ray=={row.ray}")
-    session.install(f"--exclude-newer={row.date}", *packages, "pytest", "pytest-timeout")
-    session.install("-e", ".")
+    install(session, f"--exclude-newer={row.date}", *packages, "pytest", "pytest-timeout")
+    install(session, "-e", ".")
 
     args = list(session.posargs)
     scope, runners = QUICK, row.runners
@@ -140,6 +155,8 @@ def matrix(session: nox.Session, row: Row) -> None:
         scope = UNSUPPORTED
     elif row.python:
         scope = PYTHONS
+    if row.newest and scope is QUICK:
+        scope = scope + NEWEST
 
     home = os.path.join(session.virtualenv.location, "prefect-home")
     os.makedirs(home, exist_ok=True)

@@ -104,9 +104,17 @@ def _kill_group(proc: "subprocess.Popen", timeout: float = 30) -> None:
         proc.wait(timeout)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
     """Start the Prefect server before any test module imports prefect."""
     global _home
+    # A session stopped with SIGTERM (CI's job control) still stops what it started:
+    # the servers, clusters and Ray heads below are stopped by pytest_unconfigure.
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _interrupt)
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -221,6 +229,9 @@ def dask_processes_at(log_dir: Path, workers: int = 2, nthreads: int = 2, env: "
             _kill_group(proc)
 
 
+#: CI runs several pytest sessions side by side on 2 cores: a Ray head can take minutes to start.
+RAY_START_TIMEOUT = float(os.environ.get("PFA_RAY_START_TIMEOUT", "300"))
+
 #: The tests' Ray reads nothing of the user's: no token from ~/.ray (a newer Ray left
 #: one there once, and an older one then failed with "InvalidAuthToken"), no
 #: /tmp/ray session or ray_current_cluster file (its own --temp-dir).
@@ -258,7 +269,7 @@ def ray_head(log_dir: Path):
         start_new_session=True,
     )
     try:
-        _wait_until(lambda: re.search(rb"Ray runtime started", log.read_bytes()), 120, "ray head", proc, log)
+        _wait_until(lambda: re.search(rb"Ray runtime started", log.read_bytes()), RAY_START_TIMEOUT, "ray head", proc, log)
         yield f"127.0.0.1:{port}"
     finally:
         _kill_group(proc, timeout=60)

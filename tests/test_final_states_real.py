@@ -279,9 +279,9 @@ def test_exceptional_exit_cancels_at_once(dask_pair, shim, release, records, how
     assert ended in state.message
     lines = records.messages(containing="prefect-future-anchor: cancelled")
     assert len(lines) == 1 and str(slow.task_run_id) in lines[0] and ended in lines[0]
-    # The run blocks for up to 120 s: waiting for it would take that long.  A few
-    # seconds of API work and a loaded machine are the margin, not the run.
-    assert shim_seconds < stock_seconds + 10, (stock_seconds, shim_seconds)
+    # The run blocks for up to 120 s: waiting for it would take that long.  The margin
+    # is for a few API calls and a loaded machine, not for the run.
+    assert shim_seconds < max(2 * stock_seconds, stock_seconds + 20), (stock_seconds, shim_seconds)
 
 
 # -- a flow process told to stop (Prefect's termination signal) ------------------------
@@ -355,4 +355,4 @@ def test_sigterm_cancels_at_once(dask_pair, release, tmp_path):
     state = api_state(run)
     assert state.is_cancelled(), (state, output[-3000:])
     assert "interrupted (TerminationSignal)" in state.message
-    assert seconds < stock_seconds + 10, (stock_seconds, seconds)
+    assert seconds < max(2 * stock_seconds, stock_seconds + 20), (stock_seconds, seconds)
