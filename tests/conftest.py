@@ -23,7 +23,7 @@ import pytest
 
 # Neither module imports prefect; test modules import these names from here.
 from prefect_future_anchor.demo import GC_WARNING  # noqa: F401
-from prefect_future_anchor.server import free_port
+from prefect_future_anchor.server import _die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,6 +229,17 @@ def dask_processes_at(log_dir: Path, workers: int = 2, nthreads: int = 2, env: "
             _kill_group(proc)
 
 
+RAY_PORTS = (
+    "dashboard-port",
+    "node-manager-port",
+    "object-manager-port",
+    "ray-client-server-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+)
+
 #: CI runs several pytest sessions side by side on 2 cores: a Ray head can take minutes to start.
 RAY_START_TIMEOUT = float(os.environ.get("PFA_RAY_START_TIMEOUT", "300"))
 
@@ -262,11 +273,19 @@ def ray_head(log_dir: Path):
             "--include-dashboard=false",
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
+            # Ports of its own for every service: CI runs several heads side by side, and a
+            # head whose dashboard agent lost its default port to another head takes its
+            # raylet down with it (the driver then exits with status 1, silently).
+            *(f"--{name}={free_port()}" for name in RAY_PORTS),
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=dict(os.environ, PYTHONPATH=worker_path, **RAY_ISOLATION),
         start_new_session=True,
+        # a session that dies without stopping it (Ray's driver exits the process with
+        # status 1 when it loses its raylet) still takes the head down: SIGTERM stops
+        # ``ray start --block`` and everything it started
+        preexec_fn=_die_with_parent,
     )
     try:
         _wait_until(lambda: re.search(rb"Ray runtime started", log.read_bytes()), RAY_START_TIMEOUT, "ray head", proc, log)
