@@ -163,7 +163,8 @@ def outcomes(tmp_path_factory):
     """Start a worker on a new process pool and two serve processes, run the flow four
     ways through the API, wait until every run is final and its process has ended, and
     read back what the API shows: ``{(path, variant): Outcome, (path, "console"): n}``,
-    n being how many false warnings that path's processes printed (all loggers)."""
+    n being how many false warnings the shimmed runs' own process printed (all loggers;
+    None where it shares its console with the stock runs)."""
     if "dask" not in runners_available():
         pytest.skip("this environment has no prefect-dask (PFA_RUNNERS)")
     if not os.environ.get("PREFECT_API_URL"):
@@ -292,8 +293,11 @@ def outcomes(tmp_path_factory):
                 phase(outcome.summary())
         found = dict(runs)
         for path in PATHS:
-            logs = [owner((path, variant))[1] for variant in ("shimmed", "stock")]
-            found[path, "console"] = sum(log.read_text(errors="replace").count(GC_WARNING) for log in set(logs))
+            shimmed_log, stock_log = (owner((path, variant))[1] for variant in ("shimmed", "stock"))
+            # serve: the shimmed runs' process has a console of its own; the worker's is shared
+            found[path, "console"] = (
+                shimmed_log.read_text(errors="replace").count(GC_WARNING) if shimmed_log != stock_log else None
+            )
         yield found
     finally:
         for proc, _log in processes.values():
@@ -314,8 +318,11 @@ def test_shimmed_run_has_no_false_warning_completes_every_forgotten_run_and_was_
     assert outcome.state is not None and outcome.state.is_completed(), outcome.describe()
     assert outcome.completed("task1") == outcome.completed("task2") == SEED_PAIRS, outcome.describe()
     assert outcome.warnings == 0, outcome.describe()
-    # None printed outside the run's logger either: all the console shows is the stock run's.
-    assert outcomes[path, "console"] == outcomes[path, "stock"].warnings, outcome.describe()
+    # None printed outside the run's logger either, where the shimmed process has a console of
+    # its own (serve).  (A stock process also prints warnings of futures collected after its
+    # run's logger closed, so its console and its API logs need not agree.)
+    if outcomes[path, "console"] is not None:
+        assert outcomes[path, "console"] == 0, outcome.describe()
     # Every fire-and-forget run ran (its file) and the API shows it Completed.
     assert outcome.files == FORGOTTEN, outcome.describe()
     assert outcome.completed("forgotten") == FORGOTTEN, outcome.describe()
