@@ -69,6 +69,11 @@ logging.getLogger("prefect").addHandler(handler)
 if kind == "dask":
     from prefect_dask import DaskTaskRunner
     runner = DaskTaskRunner(address=address)
+elif kind == "local":  # an in-process cluster of this interpreter's own environment
+    from prefect_dask import DaskTaskRunner
+    runner = DaskTaskRunner(
+        cluster_kwargs={{"n_workers": 1, "threads_per_worker": 2, "processes": False, "dashboard_address": None}}
+    )
 else:
     from prefect_ray import RayTaskRunner
     runner = RayTaskRunner(address=address)
@@ -83,6 +88,7 @@ print("RESULT " + json.dumps({{
     "installed": bool(shim and shim.is_installed()),
     "applied": shim.status().applied if shim else [],
     "hook": getattr(sys.modules.get("prefect_future_anchor.autostart"), "activated_by", None),
+    "shim_file": getattr(shim, "__file__", None),
 }}))
 '''.format(warning=GC_WARNING)
 
@@ -143,12 +149,16 @@ def run_flow_script(command: list, env: dict, cwd: Path, timeout: float = 480) -
     return last_json(subprocess.CompletedProcess(command, proc.returncode, out, err), "RESULT ")
 
 
-def run_seed_script(tmp_path: Path, kind: str, address: str, env: dict, command_prefix=()) -> dict:
+def run_seed_script(
+    tmp_path: Path, kind: str, address: str, env: dict, command_prefix=(), python: str = PYTHON, timeout: float = 480
+) -> dict:
+    """The seed flow in a fresh interpreter (``kind``: "dask" or "ray" on the session's
+    cluster at ``address``, "local" on an in-process Dask cluster of ``python``'s own)."""
     script = tmp_path / "seed_flow.py"
     script.write_text(SEED_SCRIPT)
     assert not re.search(r"^\s*(import|from)\s+prefect_future_anchor", SEED_SCRIPT, re.M)
     return run_flow_script(
-        [*command_prefix, PYTHON, str(script), str(ROOT / "tests"), kind, address], env, tmp_path
+        [*command_prefix, python, str(script), str(ROOT / "tests"), kind, address], env, tmp_path, timeout
     )
 
 

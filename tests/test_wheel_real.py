@@ -3,9 +3,11 @@
 A virtual environment with the reference releases (Dask only) is kept under
 ``.venvs/`` keyed by the Python version and the pins, and reused between runs;
 the wheel is built from this checkout every session and reinstalled into it
-whenever its bytes differ from the installed one.  The flow script never
-imports the shim and runs from a directory without the source tree: only the
-wheel's start-up hook can switch it on.
+whenever its bytes differ from the installed one.  The flow script (the seed
+script of test_activation) never imports the shim; it runs from a directory
+without the package and puts only ``tests/`` on its path (for ``flows``, which
+never imports the shim either): only the wheel's start-up hook can switch it
+on, and the test checks that the shim was loaded from the wheel's site-packages.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,71 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GC_WARNING, ROOT, stock_warns
+from conftest import ROOT, stock_warns
 from prefect_future_anchor import autostart
-from test_activation import HOOK_PROBE, environment, pep829_site, run_flow_script
+from test_activation import HOOK_PROBE, environment, pep829_site, run_seed_script
 
 PINS = ("--exclude-newer", "2025-06-15", "prefect==3.3.7", "prefect-dask==0.3.5")
 
-SEED_FLOW = '''\
-"""The seed flow of upstream issue 17517, with no import of prefect_future_anchor."""
-import gc, json, logging, sys
-
-from prefect import flow, task
-from prefect.futures import wait
-from prefect_dask import DaskTaskRunner
-
-
-@task
-def task1():
-    return 42
-
-
-@task
-def task2(x):
-    return x * 2
-
-
-CLUSTER = {{"n_workers": 1, "threads_per_worker": 2, "processes": False, "dashboard_address": None}}
-
-
-@flow(task_runner=DaskTaskRunner(cluster_kwargs=CLUSTER))
-def seed():
-    results = []
-    for _ in range(10):
-        r1 = task1.submit()
-        results.append(task2.submit(r1))  # only the dependent's future is kept
-    wait(results)
-    return [f.result() for f in results]
-
-
-class Count(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.count = 0
-
-    def emit(self, record):
-        if {warning!r} in record.getMessage():
-            self.count += 1
-
-
-if __name__ == "__main__":
-    handler = Count()
-    logging.getLogger("prefect").addHandler(handler)
-    result = seed()
-    shim = sys.modules.get("prefect_future_anchor")
-    if shim is not None:
-        assert shim.wait_released(60), "anchors were not released"
-    gc.collect()
-    print("RESULT " + json.dumps({{
-        "result": result,
-        "warnings": handler.count,
-        "installed": bool(shim and shim.is_installed()),
-        "applied": shim.status().applied if shim else [],
-        "hook": getattr(sys.modules.get("prefect_future_anchor.autostart"), "activated_by", None),
-        "shim_file": getattr(shim, "__file__", None),
-    }}))
-'''.format(warning=GC_WARNING)
 
 
 def _uv() -> str:
@@ -144,20 +86,18 @@ def wheel_env(tmp_path_factory):
 
 def test_installed_wheel_runs_the_seed_flow_clean(tmp_path, wheel_env):
     python, purelib = wheel_env
-    script = tmp_path / "seed_flow.py"
-    script.write_text(SEED_FLOW)
-    assert not re.search(r"^\s*(import|from)\s+prefect_future_anchor", SEED_FLOW, re.M)
-    # PREFECT_API_URL (conftest's server) and PREFECT_HOME come through environment()
+    # The seed flow of test_activation (no import of the shim), on an in-process Dask cluster
+    # of the wheel's environment.  PREFECT_API_URL (conftest's server) and PREFECT_HOME come through environment()
     assert os.environ.get("PREFECT_API_URL"), "the test session's Prefect server is not running"
 
-    shimmed = run_flow_script([python, str(script)], environment(PREFECT_FUTURE_ANCHOR="1"), tmp_path, 300)
+    shimmed = run_seed_script(tmp_path, "local", "", environment(PREFECT_FUTURE_ANCHOR="1"), python=python, timeout=300)
     assert shimmed["result"] == [84] * 10
     assert shimmed["warnings"] == 0, shimmed
     assert shimmed["installed"] and shimmed["hook"] == "pth", shimmed
     assert "dask.track" in shimmed["applied"], shimmed
     assert shimmed["shim_file"].startswith(purelib + os.sep), shimmed  # the wheel, not this checkout
 
-    stock = run_flow_script([python, str(script)], environment(), tmp_path, 300)
+    stock = run_seed_script(tmp_path, "local", "", environment(), python=python, timeout=300)
     assert stock["result"] == [84] * 10
     assert not stock["installed"] and stock["hook"] is None and stock["shim_file"] is None, stock
     if stock_warns("dask"):
