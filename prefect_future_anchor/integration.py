@@ -191,7 +191,7 @@ class RunnerIntegration:
     # -- the wrappers ------------------------------------------------------------
     @property
     def tracking(self) -> bool:
-        """Hold runs: for the drain, or to silence a release's false warning."""
+        """Hold runs: for the drain, the crash reports, or to silence a release's false warning."""
         return f"{self.name}.track" in self.applied and (
             self.on_exit != "ignore" or self.false_warning or self.final_states
         )
