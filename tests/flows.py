@@ -121,9 +121,6 @@ def async_tasks_body():
     return [f.result() for f in results]
 
 
-def orphan_body():
-    slow.submit(7)  # submitted, never waited, nothing depends on it
-    return task1.submit().result()
 
 
 #: name -> (body, expected result)
@@ -142,8 +139,15 @@ def run_seed(runner):
     return _run(seed_body, runner, "seed")
 
 
-def run_orphan(runner):
-    return _run(orphan_body, runner, "orphan")
+def run_orphan(runner, directory):
+    """A run submitted, never waited for, nothing depends on it, and still running when
+    the flow ends: ``blocker`` runs until the test releases it after the flow."""
+
+    def orphan():
+        blocker.submit(directory, "orphan")
+        return task1.submit().result()
+
+    return _run(orphan, runner, "orphan")
 
 
 def every_variant(skip=()):

@@ -245,8 +245,11 @@ def run_left_running(runner, path: str, how: str = "return", timeout: Any = None
 @pytest.mark.parametrize("kind", RUNNERS)
 def test_runs_cancelled_at_exit_end_cancelled(kind, runner_of, shim, release, options, reason):
     (slow,) = run_left_running(runner_of(kind), release)
-    # stock: left Running (Dask: the worker still runs it; Ray: the job's worker is gone)
-    assert api_state(slow.task_run_id).is_running()
+    # stock: left Running (Dask: the worker still runs it; Ray: the job's worker is gone).
+    # A Ray worker killed at ray.shutdown() sometimes gets its engine's own Crashed report
+    # out ("aborted by Python system exit call"): a truthful end, but never Cancelled.
+    stock = api_state(slow.task_run_id)
+    assert stock.is_running() or (kind == "ray" and stock.is_crashed()), stock
 
     shim(**options)
     (slow,) = run_left_running(runner_of(kind), release)
