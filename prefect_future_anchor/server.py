@@ -35,6 +35,19 @@ def _die_with_parent() -> None:
             pass
 
 
+#: Server services a throw-away server does without (see :func:`prefect_server`).
+_IDLE_SERVICES = (
+    "SCHEDULER",
+    "LATE_RUNS",
+    "FOREMAN",
+    "CANCELLATION_CLEANUP",
+    "PAUSE_EXPIRATIONS",
+    "FLOW_RUN_NOTIFICATIONS",
+    "TRIGGERS",
+    "EVENT_PERSISTER",
+)
+
+
 @contextlib.contextmanager
 def prefect_server(startup_timeout: float = 180, home: "str | None" = None) -> Iterator[str]:
     """A throw-away ``prefect server start`` on loopback, stopped by its handle.
@@ -55,6 +68,12 @@ def prefect_server(startup_timeout: float = 180, home: "str | None" = None) -> I
         PREFECT_API_BLOCKS_REGISTER_ON_START="false",
         PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
     )
+    # Only the service that records task-run states from the engines' events: the others
+    # (schedules, late runs, automations, the event archive...) only load a 2-core machine
+    # and its SQLite file.  Names of prefect 3.0, still read by every 3.x; the caller's
+    # environment wins.
+    for service in _IDLE_SERVICES:
+        env.setdefault(f"PREFECT_API_SERVICES_{service}_ENABLED", "false")
     env.pop("PREFECT_API_URL", None)
     # The console script: prefect < 3.2 has no ``python -m prefect``.
     prefect_bin = str(Path(sys.executable).with_name("prefect"))
