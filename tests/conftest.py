@@ -122,6 +122,9 @@ def pytest_configure(config):
     os.environ.update(RAY_ISOLATION)
     # a local Ray on a busy 2-core machine can take longer than Ray's default to register its raylet
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    # Ray starts its workers at nice 15: beside CI's Dask-only jobs (nice 0) they got almost no
+    # CPU (load 22, the Ray tests 3-4 times slower than alone).  The tests' workers run at 0.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     # A fresh home per session: a database migrated by another release breaks this one.
     _home = tempfile.mkdtemp(prefix="pfa-prefect-home-")
     os.environ["PREFECT_HOME"] = _home
