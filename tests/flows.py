@@ -106,7 +106,7 @@ def diamond_body():
     return _diamond_child().result()
 
 
-def chain40_body(depth=40):
+def chain15_body(depth=15):
     future = slow.submit(0)
     for _ in range(depth):
         future = inc.submit(future)
@@ -130,7 +130,7 @@ VARIANTS = {
     "wait_for": (wait_for_body, "after"),
     "map_unmapped": (map_unmapped_body, [11, 12, 13]),
     "diamond": (diamond_body, 12),
-    "chain40": (chain40_body, 40),
+    "chain15": (chain15_body, 15),
     "async_tasks": (async_tasks_body, [84] * 5),
 }
 

@@ -71,7 +71,7 @@ def skipped_variants(kind):
 
 @pytest.mark.parametrize("kind", RUNNERS)
 def test_every_variant_stock_control_then_each_on_exit_mode(kind, make_runner, gc_warnings, shim):
-    """Nested collections, wait_for, map/unmapped, diamond, a 40-deep chain and async
+    """Nested collections, wait_for, map/unmapped, diamond, a 15-deep chain and async
     tasks, each in one flow run: stock first (the control: each variant warns where the
     release is affected), then shimmed with on_exit='wait' and with on_exit='ignore',
     where no variant warns and every result is right."""

@@ -34,7 +34,7 @@ from fault_tasks import DriverSide, child, exits, parent, raises
 # the 2-core machine); the toggle test runs in CI.
 
 RUNNERS = runners_available()
-CHAINS = 100  # 200 dependent task runs for Dask
+CHAINS = 40  # 80 dependent task runs for Dask
 RAY_CHAINS = 8  # 2 Ray CPUs and a Prefect engine per run: 16 runs + the two faulty chains
 
 
@@ -59,7 +59,7 @@ def dask_processes(tmp_path):
 
 @pytest.mark.faults
 def test_dask_worker_killed_mid_flow(dask_processes, gc_warnings, shim):
-    """200 dependent runs; one worker process is SIGKILLed once 25 of the 100
+    """80 dependent runs; one worker process is SIGKILLed once 10 of the 40
     children have completed: every run completes, no warning, all anchors released."""
     from prefect_dask import DaskTaskRunner
 
@@ -137,7 +137,8 @@ def test_toggling_install_while_threads_submit(dask_address):
         "client": DaskTaskRunner.__dict__.get("client"),  # a property from prefect-dask 0.3.4
         "wrapped_future": PrefectDaskFuture.__dict__.get("wrapped_future"),  # inherited: None
     }
-    per_thread = 25
+    per_thread = 12  # 8 threads: 96 chains, 192 task runs
+    toggles = 48  # one install/uninstall pair every two submits
     shared = DriverSide(errors=[], submitted=0, progress=threading.Condition())
 
     def submitter(n, out):
@@ -152,11 +153,11 @@ def test_toggling_install_while_threads_submit(dask_address):
             shared.errors.append(exc)
 
     def toggler():
-        """100 install/uninstall pairs, each after at least one more submit
+        """``toggles`` install/uninstall pairs, each after at least one more submit
         happened, so the toggles are spread over the submitting."""
         try:
             seen = 0
-            for _ in range(100):
+            for _ in range(toggles):
                 with shared.progress:
                     shared.progress.wait_for(lambda: shared.submitted > seen or shared.errors, timeout=60)
                     seen = shared.submitted
