@@ -252,19 +252,24 @@ RAY_START_TIMEOUT = float(os.environ.get("PFA_RAY_START_TIMEOUT", "300"))
 RAY_ISOLATION = {"RAY_AUTH_MODE": "disabled"}
 
 
-@contextlib.contextmanager
-def ray_head(log_dir: Path):
-    """A local Ray head (``ray start --head --block``) with a temp dir of its own,
-    stopped by its handle (the process group it leads); yields its address."""
-    port = free_port()
-    log = log_dir / "head.log"
-    temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
+def _raylet_logs(temp_dir: str) -> str:
+    """The tail of the raylet's own logs under a head's temp dir (why it never registered)."""
+    out = []
+    for path in sorted(Path(temp_dir).glob("session_*/logs/raylet.*"))[:4]:
+        try:
+            out.append(f"--- {path.name}\n" + path.read_text(errors="replace")[-1500:])
+        except OSError:
+            pass
+    return "\n".join(out)
+
+
+def _start_ray_head(log: Path, temp_dir: str, port: int) -> "subprocess.Popen":
     ray_bin = Path(sys.executable).with_name("ray")
     # Older releases (prefect 3.1 / prefect-ray 0.4.2) ship the flow to the Ray workers,
     # and its body refers to helpers in tests/flows.py by module: without this a worker
     # fails with "No module named 'flows'".
     worker_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [
             str(ray_bin),
             "start",
@@ -290,8 +295,35 @@ def ray_head(log_dir: Path):
         # ``ray start --block`` and everything it started
         preexec_fn=_die_with_parent,
     )
+
+
+#: Attempts at starting a head.  In CI a Ray 2.59 head's raylet twice never registered
+#: with its GCS (``ray start`` gave up after RAY_raylet_start_wait_time_s) while the other
+#: lanes loaded the machine; the same head starts in 15-21 s alone or beside ten busy
+#: loops.  A second attempt gets new ports and a new temp dir.
+RAY_START_ATTEMPTS = 2
+
+
+@contextlib.contextmanager
+def ray_head(log_dir: Path):
+    """A local Ray head (``ray start --head --block``) with a temp dir of its own,
+    stopped by its handle (the process group it leads); yields its address."""
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        port = free_port()
+        log = log_dir / f"head-{attempt}.log"
+        temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
+        proc = _start_ray_head(log, temp_dir, port)
+        try:
+            _wait_until(lambda: re.search(rb"Ray runtime started", log.read_bytes()), RAY_START_TIMEOUT, "ray head", proc, log)
+            break
+        except RuntimeError as exc:
+            raylet = _raylet_logs(temp_dir)
+            _kill_group(proc, timeout=60)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            if attempt == RAY_START_ATTEMPTS:
+                raise RuntimeError(f"{exc}\n{raylet}") from None
+            sys.stderr.write(f"ray head attempt {attempt} failed, starting another:\n{exc}\n{raylet}\n")
     try:
-        _wait_until(lambda: re.search(rb"Ray runtime started", log.read_bytes()), RAY_START_TIMEOUT, "ray head", proc, log)
         yield f"127.0.0.1:{port}"
     finally:
         _kill_group(proc, timeout=60)
