@@ -121,8 +121,6 @@ def async_tasks_body():
     return [f.result() for f in results]
 
 
-
-
 #: name -> (body, expected result)
 VARIANTS = {
     "seed": (seed_body, [84] * 10),

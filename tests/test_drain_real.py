@@ -113,7 +113,7 @@ def test_ignore_is_stock_behaviour(kind, make_runner, shim, tmp_path, records):
 
 
 # Each round is a real Prefect task run (about 0.3 s of API work on the 2-core
-# machine), so the suite keeps this to 50 rounds; benchmarks/memory.py runs 2,000.
+# machine), so the suite keeps this to 20 rounds; benchmarks/memory.py runs 2,000.
 ROUNDS = 20
 
 

@@ -6,7 +6,7 @@
 - a Ray head started here (the session's ``ray_address``): a child that raises and
   a child whose worker process exits (``os._exit``), next to ordinary chains;
 - eight threads submitting while another toggles ``install()`` / ``uninstall()``
-  (in CI; the first two are opt-in: ``./run faults``).
+  (all three in CI; ``./run faults`` runs them alone).
 
 The flow of the first two: ``CHAINS`` chains ``parent(i) -> child(parent)``,
 only the children's futures kept (the seed flow's shape, 2 x CHAINS runs).
@@ -29,9 +29,6 @@ from conftest import dask_processes_at, runners_available
 from prefect import flow
 
 from fault_tasks import DriverSide, child, exits, parent, raises
-
-# The worker-kill and Ray fault tests are opt-in (``./run faults``, about 4 minutes on
-# the 2-core machine); the toggle test runs in CI.
 
 RUNNERS = runners_available()
 CHAINS = 40  # 80 dependent task runs for Dask

@@ -87,7 +87,8 @@ def wheel_env(tmp_path_factory):
 def test_installed_wheel_runs_the_seed_flow_clean(tmp_path, wheel_env):
     python, purelib = wheel_env
     # The seed flow of test_activation (no import of the shim), on an in-process Dask cluster
-    # of the wheel's environment.  PREFECT_API_URL (conftest's server) and PREFECT_HOME come through environment()
+    # of the wheel's environment.  PREFECT_API_URL (conftest's server) and PREFECT_HOME come
+    # through environment().
     assert os.environ.get("PREFECT_API_URL"), "the test session's Prefect server is not running"
 
     shimmed = run_seed_script(tmp_path, "local", "", environment(PREFECT_FUTURE_ANCHOR="1"), python=python, timeout=300)
