@@ -107,7 +107,7 @@ def _thread_cpu(native_id: int) -> float:
 def watcher_rows(seconds: float, releases: int):
     import ray
 
-    from prefect_future_anchor.ray_runner import POLL_SECONDS, Watcher
+    from prefect_future_anchor.ray_watch import POLL_SECONDS, Watcher
 
     ray.init(**_local_ray(1))
     try:

@@ -177,9 +177,9 @@ def _break_client_once(monkeypatch):
 
 
 def _break_ray_watcher(monkeypatch):
-    from prefect_future_anchor import ray_runner
+    from prefect_future_anchor import ray_watch
 
-    monkeypatch.setattr(ray_runner.Watcher, "_ready", _raise)
+    monkeypatch.setattr(ray_watch.Watcher, "_ready", _raise)
     return "ray.watch", True
 
 
