@@ -40,7 +40,7 @@ def submit_body(count: int) -> None:
     from prefect.context import FlowRunContext
     from prefect_ray.task_runners import RayTaskRunner
 
-    from prefect_future_anchor.ray_runner import integration
+    from prefect_future_anchor.ray_runner import runtime as integration
     from submit import shim_work_timer
     from workload import inc
 

@@ -12,20 +12,37 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 import wrapt
 
 from . import drain, guard, releases
-from .dask_runner import integration as dask_integration
-from .integration import RunnerIntegration
-from .ray_runner import integration as ray_integration
+from .patches import Track
+from .runtime import Runtime
 
-INTEGRATIONS: Dict[str, RunnerIntegration] = {
-    "prefect-dask": dask_integration,
-    "prefect-ray": ray_integration,
-}
+
+def _modules() -> Dict[str, List[Any]]:
+    """The patched modules, each with its patches in table order."""
+    found: Dict[str, List[Any]] = {}
+    for patch in releases.PATCHES:
+        found.setdefault(patch.module_name, []).append(patch)
+    return found
+
+
+def _runtimes() -> List[Runtime]:
+    seen: List[Runtime] = []
+    for patch in releases.PATCHES:
+        if all(patch.runtime is not r for r in seen):
+            seen.append(patch.runtime)
+    return seen
+
+
+#: How long a module that another thread is half-way through importing is
+#: waited for before install() gives up on patching it (it is then patched by
+#: the next install()).
+IMPORT_WAIT = 120.0
 
 ENV_ON_EXIT = "PREFECT_FUTURE_ANCHOR_ON_EXIT"
 ENV_DRAIN_TIMEOUT = "PREFECT_FUTURE_ANCHOR_DRAIN_TIMEOUT"
@@ -132,16 +149,14 @@ def install(
     chosen_timeout = drain.check_drain_timeout(drain_timeout) if drain_timeout is not None else env_timeout
     with _lock:
         _on_exit, _drain_timeout = chosen_on_exit, chosen_timeout
-        for integration in INTEGRATIONS.values():
-            integration.on_exit = _on_exit
-            integration.drain_timeout = _drain_timeout
+        for runtime in _runtimes():
+            runtime.on_exit = _on_exit
+            runtime.drain_timeout = _drain_timeout
         if _installed:
-            # Catch up on a runner module that was still being imported by another
-            # thread when we last looked (see _importing).
-            for integration in INTEGRATIONS.values():
-                module = sys.modules.get(integration.module_name)
-                if module is not None and not _decided(integration) and not _importing(module):
-                    _apply(integration, module)
+            for module_name, patches in _modules().items():
+                module = sys.modules.get(module_name)
+                if module is not None and not _decided(patches) and not _importing(module):
+                    _apply(module, patches)
             return status()
         _versions = releases.detect()
         problems = releases.unsupported(_versions)
@@ -156,16 +171,18 @@ def install(
                 raise UnsupportedReleaseError(message)
             guard.warn_once("unsupported", "%s", message)
         _installed, _strict = True, strict
-        to_hook = []
+        to_hook, half_made = [], []
         try:
-            for integration in INTEGRATIONS.values():
-                module = sys.modules.get(integration.module_name)
+            for module_name, patches in _modules().items():
+                module = sys.modules.get(module_name)
                 if module is not None:
-                    if not _importing(module):
-                        _apply(integration, module)
-                elif integration.module_name not in _hooked:
-                    _hooked.add(integration.module_name)
-                    to_hook.append(integration.module_name)
+                    if _importing(module):
+                        half_made.append(module)
+                    else:
+                        _apply(module, patches)
+                elif module_name not in _hooked:
+                    _hooked.add(module_name)
+                    to_hook.append(module_name)
         except UnsupportedReleaseError:
             _uninstall_locked()
             raise
@@ -173,15 +190,36 @@ def install(
     # holding its own lock (wrapt 1.x), and registering takes wrapt's lock.
     for module_name in to_hook:
         wrapt.register_post_import_hook(_on_import, module_name)
+    for module in half_made:
+        _patch_once_imported(module)
     return status()
 
 
-def _decided(integration: RunnerIntegration) -> bool:
-    return any(
-        p.name in integration.applied or p.name in _skipped
-        for p in releases.PATCHES
-        if p.distribution == integration.distribution
-    )
+def _patch_once_imported(module: Any) -> None:
+    """Another thread is importing ``module`` (its classes may not exist yet) and
+    its post-import hooks have run or will never run for us: patch it as soon as
+    the import completes, from a short-lived thread, so it is not left stock."""
+
+    def wait_then_apply() -> None:
+        deadline = time.monotonic() + IMPORT_WAIT
+        pause = 0.001
+        while _importing(module) and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        try:
+            with _lock:
+                patches = _modules().get(module.__name__, [])
+                if _installed and not _importing(module) and sys.modules.get(module.__name__) is module:
+                    if not _decided(patches):
+                        _apply(module, patches, from_hook=True)
+        except Exception as exc:
+            guard.failed("deferred install", exc)
+
+    threading.Thread(target=wait_then_apply, name="prefect-future-anchor-install", daemon=True).start()
+
+
+def _decided(patches: List[Any]) -> bool:
+    return any(p.applied or p.name in _skipped for p in patches)
 
 
 def _importing(module: Any) -> bool:
@@ -193,28 +231,31 @@ def _importing(module: Any) -> bool:
 
 
 def _on_import(module: Any) -> None:
-    """wrapt post-import hook: a runner module was just imported."""
+    """wrapt post-import hook: a runner module was just imported.  Under
+    ``install(strict=True)`` a structure the shim cannot patch fails the import
+    with :class:`UnsupportedReleaseError`, as ``install()`` itself would have."""
     try:
         with _lock:
             if not _installed:
                 return
-            for integration in INTEGRATIONS.values():
-                if integration.module_name == module.__name__:
-                    _apply(integration, module, from_hook=True)
+            patches = _modules().get(module.__name__)
+            if patches:
+                _apply(module, patches)
+    except UnsupportedReleaseError:
+        raise
     except Exception as exc:  # never break the user's import
         guard.failed("post-import hook", exc)
 
 
-def _apply(integration: RunnerIntegration, module: Any, from_hook: bool = False) -> None:
-    integration.module = module
-    for patch in releases.PATCHES:
-        if patch.distribution != integration.distribution or patch.name in integration.applied:
+def _apply(module: Any, patches: List[Any], from_hook: bool = False) -> None:
+    for patch in patches:
+        if patch.applied:
             continue
         decision = releases.decide(patch, _versions)
         if not decision.wanted:
             _skipped[patch.name] = decision.reason
             continue
-        problem = integration.shape_problem(patch.name)
+        problem = patch.problem(module)
         if problem is not None:
             reason = f"unrecognised runner structure: {problem}"
             _skipped[patch.name] = reason
@@ -224,6 +265,7 @@ def _apply(integration: RunnerIntegration, module: Any, from_hook: bool = False)
                 "Stock behaviour is kept; please report this release."
             )
             if _strict and not from_hook:
+                _uninstall_locked()
                 raise UnsupportedReleaseError(message)
             guard.warn_once(f"shape:{patch.name}", "%s", message)
             continue
@@ -240,7 +282,7 @@ def _apply(integration: RunnerIntegration, module: Any, from_hook: bool = False)
                 releases.TESTED[patch.distribution],
             )
         try:
-            integration.patch(patch.name)
+            patch.apply(module)
         except Exception as exc:  # the shim's own failure: keep stock behaviour
             guard.failed(f"install {patch.name}", exc)
             _skipped[patch.name] = f"failed to apply ({type(exc).__name__}: {exc}); stock behaviour kept"
@@ -250,8 +292,8 @@ def _apply(integration: RunnerIntegration, module: Any, from_hook: bool = False)
 
 def _uninstall_locked() -> None:
     global _installed
-    for integration in INTEGRATIONS.values():
-        integration.unpatch()
+    for patch in reversed(releases.PATCHES):
+        patch.remove()
     _skipped.clear()
     _installed = False
 
@@ -273,21 +315,22 @@ def status() -> Report:
     with _lock:
         versions = dict(_versions) if _installed else releases.detect()
         report = Report(_installed, versions, _on_exit, _drain_timeout, problems=releases.unsupported(versions))
-        by_distribution = {name: integration for name, integration in INTEGRATIONS.items()}
         for patch in releases.PATCHES:
-            integration = by_distribution[patch.distribution]
             decision = releases.decide(patch, versions)
+            live = patch.live_problem() if _installed and patch.applied else None
             if not _installed:
                 state, reason = "off", ("would apply: " if decision.wanted else "") + decision.reason
-            elif patch.name in integration.applied:
+            elif patch.applied and live is not None:
+                state, reason = "skipped", live
+            elif patch.applied:
                 state, reason = "applied", decision.reason
-                if patch.name.endswith(".track") and _on_exit == "ignore":
+                if isinstance(patch, Track) and _on_exit == "ignore":
                     reason += " (on_exit='ignore': a clean exit does not drain)"
             elif patch.name in _skipped:
                 state, reason = "skipped", _skipped[patch.name]
             elif not decision.wanted:
                 state, reason = "skipped", decision.reason
             else:
-                state, reason = "pending", f"{decision.reason}; applied when {integration.module_name} is imported"
+                state, reason = "pending", f"{decision.reason}; applied when {patch.module_name} is imported"
             report.patches.append(PatchStatus(patch.name, patch.distribution, patch.applies, state, reason))
         return report

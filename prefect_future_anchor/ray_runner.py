@@ -17,32 +17,61 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional
-
-import wrapt
+from typing import Any, Callable, Optional
 
 from . import guard, ray_errors
+from .patches import FinalStates, Patch, Track
 from .ray_watch import Watcher
-from .integration import RunnerIntegration
+from .runtime import Runtime
 
-class RayIntegration(RunnerIntegration):
+
+def _ray() -> Any:
+    return sys.modules["ray"]
+
+
+def _client_connected() -> bool:
+    """Whether this process reaches Ray through Ray Client (``ray://``)."""
+    try:
+        from . import ray_client
+
+        return ray_client.connected()
+    except Exception as exc:
+        guard.failed("ray.client-check", exc)
+        return False
+
+
+class RayRuntime(Runtime):
     name = "ray"
-    distribution = "prefect-ray"
-    module_name = "prefect_ray.task_runners"
     runner_name = "RayTaskRunner"
-    future_name = "PrefectRayFuture"
+    worker_word = "worker or node"
 
     def __init__(self) -> None:
         super().__init__()
         self.watcher = Watcher()
+        self._client_watcher: Optional[Watcher] = None
 
-    def when_done(self, raw: Any, callback: Callable[..., None]) -> None:
-        self.watcher.watch(raw, callback)
+    def _watcher(self) -> Watcher:
+        if not _client_connected():
+            return self.watcher
+        if self._client_watcher is None:
+            from . import ray_client
+
+            self._client_watcher = Watcher(probe=ray_client.probe)
+        return self._client_watcher
+
+    @property
+    def final_states(self) -> bool:  # type: ignore[override]
+        return self._final_states and client_problem() is None
+
+    @final_states.setter
+    def final_states(self, on: bool) -> None:
+        self._final_states = on
+
+    def when_done(self, raw: Any, on_done: Callable[[], None], on_lost: Callable[[], None]) -> None:
+        self._watcher().watch(raw, on_done, on_lost)
 
     def cancel(self, raw: Any) -> None:
         _ray().cancel(raw, force=True)
-
-    worker_word = "worker or node"
 
     def failure(self, raw: Any) -> Optional[BaseException]:
         # Runs on the watcher thread (paused before ray.shutdown()), never on Ray's own.
@@ -51,47 +80,88 @@ class RayIntegration(RunnerIntegration):
             return None
         return error
 
-    def _exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        """Stop the watcher before ``ray.shutdown()`` and make no Ray call while it runs."""
-
-        def stock_exit(*a: Any, **k: Any) -> Any:
-            left = self.watcher.pause()
-            _shutting_down.set()
+    def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
+        """Stop the watchers before the stock exit (which may ``ray.shutdown()``) and make
+        no Ray call while it runs; if Ray went down with it, nothing still watched can
+        become ready: those runs (of any runner of that Ray session) are let go."""
+        watchers = [w for w in (self.watcher, self._client_watcher) if w is not None]
+        for watcher in watchers:
+            watcher.pause()
+        _shutting_down.set()
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _shutting_down.clear()
             try:
-                for callback in left:  # runs of other runners: Ray is going away under them
-                    callback()
-                return wrapped(*a, **k)
+                ray = sys.modules.get("ray")
+                if ray is None or not ray.is_initialized():
+                    for watcher in watchers:
+                        for on_lost in watcher.abandon():
+                            on_lost()
+            except Exception as exc:  # pragma: no cover - defensive
+                guard.failed("ray.let-go", exc)
             finally:
-                _shutting_down.clear()
-                self.watcher.resume()
+                for watcher in watchers:
+                    watcher.resume()
 
-        return super()._exit_wrapper(stock_exit, instance, args, kwargs)
 
-    def shape_problem(self, patch: str) -> Any:
-        problem = super().shape_problem(patch)
+def client_problem() -> Optional[str]:
+    """Why crash causes cannot be read under the current connection (Ray Client), or None."""
+    if not _client_connected():
+        return None
+    try:
+        from . import ray_client
+
+        return ray_client.final_states_problem()
+    except Exception as exc:
+        guard.failed("ray.client-check", exc)
+        return "the Ray Client connection could not be inspected"
+
+
+class RayTrack(Track):
+    def problem(self, module: Any) -> Optional[str]:
+        problem = super().problem(module)
         if problem is not None:
             return problem
-        if patch == "ray.track":
-            try:
-                import ray  # the runner module has imported it already
+        try:
+            import ray  # the runner module has imported it already
 
-                wait_parameters = inspect.signature(ray.wait).parameters
-            except Exception as exc:
-                return f"ray.wait cannot be inspected ({exc})"
-            if "fetch_local" not in wait_parameters:
-                return "ray.wait has no fetch_local parameter (completion would fetch results)"
-        if patch == "ray.final-states":
-            return ray_errors.shape_problem()
-        if patch == "ray.ready-del":
-            if not callable(self.future_class().__dict__.get("__del__")):
-                return "PrefectRayFuture.__del__ is not defined on the class"
+            wait_parameters = inspect.signature(ray.wait).parameters
+        except Exception as exc:
+            return f"ray.wait cannot be inspected ({exc})"
+        if "fetch_local" not in wait_parameters:
+            return "ray.wait has no fetch_local parameter (completion would fetch results)"
         return None
 
-    def patch_extra(self, patch: str, future: type) -> None:
-        if patch != "ray.ready-del":
-            super().patch_extra(patch, future)
-        self._remember(future, "__del__")
-        wrapt.wrap_function_wrapper(future, "__del__", _silent_when_ready)
+
+class RayFinalStates(FinalStates):
+    def runner_problem(self, module: Any) -> Optional[str]:
+        return ray_errors.shape_problem()
+
+    def live_problem(self) -> Optional[str]:
+        problem = client_problem()
+        if problem is None:
+            return None
+        guard.warn_once(
+            "ray.final-states:client",
+            "prefect-future-anchor: ray.final-states is off while connected through Ray Client: %s",
+            problem,
+        )
+        return f"connected through Ray Client: {problem}"
+
+
+class ReadyDel(Patch):
+    """prefect-ray 0.4.0-0.4.4: a dropped future whose ref is ready is silent, and
+    finding out fetches nothing."""
+
+    def problem(self, module: Any) -> Optional[str]:
+        problem = super().problem(module)
+        if problem is None and not callable(getattr(module, self.future_name).__dict__.get("__del__")):
+            return "PrefectRayFuture.__del__ is not defined on the class"
+        return problem
+
+    def wrap(self, module: Any) -> None:
+        self.wrap_method(getattr(module, self.future_name), "__del__", _silent_when_ready)
 
 
 def ready(raw: Any) -> bool:
@@ -116,4 +186,46 @@ def _silent_when_ready(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
 
 _shutting_down = threading.Event()
 
-integration = RayIntegration()
+runtime = RayRuntime()
+
+_WHERE = dict(
+    distribution="prefect-ray",
+    module_name="prefect_ray.task_runners",
+    runner_name="RayTaskRunner",
+    future_name="PrefectRayFuture",
+)
+
+TRACK = RayTrack(
+    runtime,
+    "ray.track",
+    applies=">=0.4.0",
+    why="The same on Ray: RayTaskRunner.submit swaps PrefectRayFuture objects for "
+    "ray.ObjectRef objects (and pickles wait_for); prefect-ray 0.4.0-0.4.4 logs "
+    "the false warning, and every release loses unkept runs at ray.shutdown(). "
+    "Completion is learnt with ray.wait(fetch_local=False) on one watcher "
+    "thread: no result is fetched into the driver.",
+    **_WHERE,
+)
+
+FINAL_STATES = RayFinalStates(
+    runtime,
+    "ray.final-states",
+    applies=">=0.4.0",
+    why="The same on Ray: a run whose worker crashed, whose node died or whose "
+    "object was lost (its ObjectRef holds a Ray error, read without fetching a "
+    "successful result) is proposed Crashed; cancelled runs Cancelled.",
+    track=TRACK,
+    **_WHERE,
+)
+
+READY_DEL = ReadyDel(
+    runtime,
+    "ray.ready-del",
+    applies=">=0.4.0,<0.4.5",
+    why="PrefectRayFuture.__del__ asks whether a run finished with "
+    "ray.get(timeout=0), which pulls the whole result into the driver, and "
+    "0.4.4 lost a 'return' so it warns even for a finished run. A future whose "
+    "ObjectRef is ready (ray.wait(fetch_local=False), nothing fetched) is "
+    "dropped silently.",
+    **_WHERE,
+)

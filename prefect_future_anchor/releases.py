@@ -1,8 +1,10 @@
 """What is patched, for which releases, and why: the one table the guards read.
 
-The README's compatibility section is rendered from this module
-(``./run readme`` calls :func:`update_readme`) and a test fails if the two
-disagree.  Supporting a newly published release is a change to ``TESTED``
+``PATCHES`` lists the patch objects (:mod:`prefect_future_anchor.patches`), each
+defined beside its runner's runtime and carrying its own range, reason, shape
+check, wrapping and unwrapping.  The README's compatibility section is rendered
+from them (``./run readme`` calls :func:`update_readme`) and a test fails if the
+two disagree.  Supporting a newly published release is a change to ``TESTED``
 (and a matrix row in ``noxfile.py``), nothing else.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 Version = Tuple[int, int, int]
 
@@ -36,14 +38,6 @@ TESTED = {
 }
 
 
-@dataclass(frozen=True)
-class Patch:
-    name: str
-    distribution: str
-    applies: str
-    why: str
-
-
 #: Releases whose dropped, unresolved future logs "A future was garbage
 #: collected before it resolved" (read from every wheel; removed in prefect-dask
 #: 0.3.6 and prefect-ray 0.4.5).
@@ -51,77 +45,6 @@ FALSE_WARNING = {
     "prefect-dask": ">=0.3.0,<0.3.6",
     "prefect-ray": ">=0.4.0,<0.4.5",
 }
-
-PATCHES = (
-    Patch(
-        "dask.track",
-        "prefect-dask",
-        ">=0.3.0",
-        "DaskTaskRunner.submit swaps upstream PrefectDaskFuture objects for raw "
-        "distributed.Future objects and nothing keeps the Prefect future: on "
-        "prefect-dask 0.3.0-0.3.5 a dropped parent logs 'A future was garbage "
-        "collected before it resolved' although its dependent uses it, and on "
-        "every release a task submitted and not kept is lost when the flow ends "
-        "(the client closes with it pending). Each submitted future is held until "
-        "its run resolves (its __del__ is then silent), and the runs still "
-        "unresolved at runner exit are waited for, or cancelled and named.",
-    ),
-    Patch(
-        "ray.track",
-        "prefect-ray",
-        ">=0.4.0",
-        "The same on Ray: RayTaskRunner.submit swaps PrefectRayFuture objects for "
-        "ray.ObjectRef objects (and pickles wait_for); prefect-ray 0.4.0-0.4.4 logs "
-        "the false warning, and every release loses unkept runs at ray.shutdown(). "
-        "Completion is learnt with ray.wait(fetch_local=False) on one watcher "
-        "thread: no result is fetched into the driver.",
-    ),
-    Patch(
-        "dask.final-states",
-        "prefect-dask",
-        ">=0.3.0",
-        "A task run whose Dask worker dies (the scheduler gives up on it: "
-        "KilledWorker) never reports again: stock leaves it RUNNING in the API for "
-        "good, its future says RUNNING and the flow ends Completed. The completion "
-        "callback of a held run whose future ends in error reads the run's state "
-        "and, unless the engine reported a final one, proposes Crashed naming the "
-        "cause; runs cancelled at exit are proposed Cancelled; an exit after the "
-        "flow run failed, timed out or was interrupted cancels its unresolved runs "
-        "at once. Nothing is replaced on the runner (the track wrappers read it); "
-        "a run that ends normally costs no API call.",
-    ),
-    Patch(
-        "ray.final-states",
-        "prefect-ray",
-        ">=0.4.0",
-        "The same on Ray: a run whose worker crashed, whose node died or whose "
-        "object was lost (its ObjectRef holds a Ray error, read without fetching a "
-        "successful result) is proposed Crashed; cancelled runs Cancelled.",
-    ),
-    Patch(
-        "ray.ready-del",
-        "prefect-ray",
-        ">=0.4.0,<0.4.5",
-        "PrefectRayFuture.__del__ asks whether a run finished with "
-        "ray.get(timeout=0), which pulls the whole result into the driver, and "
-        "0.4.4 lost a 'return' so it warns even for a finished run. A future whose "
-        "ObjectRef is ready (ray.wait(fetch_local=False), nothing fetched) is "
-        "dropped silently.",
-    ),
-    Patch(
-        "dask.client-once",
-        "prefect-dask",
-        ">=0.3.4",
-        "DaskTaskRunner creates its Dask client on first use with no lock: "
-        "threads of a flow that submit their first runs at the same moment each "
-        "create a client (and, with no address, a LocalCluster), and a child "
-        "sent through one client can reach the scheduler before its parent sent "
-        "through another, which cancels it ('lost dependencies'). The client is "
-        "created once.",
-    ),
-)
-
-PATCH_NAMES = tuple(p.name for p in PATCHES)
 
 _NUMERIC = re.compile(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 _CLAUSE = re.compile(r"^\s*(>=|<=|==|<|>)\s*([0-9][0-9.]*)\s*$")
@@ -180,13 +103,13 @@ def detect() -> Dict[str, Optional[str]]:
 class Decision:
     """What the table says about one patch for the releases installed."""
 
-    patch: Patch
+    patch: Any
     wanted: bool
     reason: str
     untested: bool = False
 
 
-def decide(patch: Patch, versions: Dict[str, Optional[str]]) -> Decision:
+def decide(patch: Any, versions: Dict[str, Optional[str]]) -> Decision:
     prefect = versions.get("prefect")
     mine = versions.get(patch.distribution)
     if prefect is None:
@@ -274,3 +197,17 @@ def update_readme(path: str) -> bool:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(updated)
     return updated != text
+
+
+# The patch objects, defined with their runners (imported last: they use the functions above).
+from . import dask_runner, ray_runner  # noqa: E402
+
+PATCHES = (
+    dask_runner.TRACK,
+    ray_runner.TRACK,
+    dask_runner.FINAL_STATES,
+    ray_runner.FINAL_STATES,
+    ray_runner.READY_DEL,
+    dask_runner.CLIENT_ONCE,
+)
+PATCH_NAMES = tuple(p.name for p in PATCHES)

@@ -57,17 +57,15 @@ def client_races() -> bool:
 def expected_patches(versions) -> set:
     """The patches install() must apply here, from the row's own observations
     (not from the shim's table, which is what the tests check)."""
-    from prefect_future_anchor.lifecycle import INTEGRATIONS
-
     expected = set()
-    for distribution, integration in INTEGRATIONS.items():
+    for distribution, name in (("prefect-dask", "dask"), ("prefect-ray", "ray")):
         if versions.get(distribution) is None:
             continue
-        expected.add(f"{integration.name}.track")
-        expected.add(f"{integration.name}.final-states")
-        if integration.name == "ray" and stock_warns("ray"):
+        expected.add(f"{name}.track")
+        expected.add(f"{name}.final-states")
+        if name == "ray" and stock_warns("ray"):
             expected.add("ray.ready-del")
-        if integration.name == "dask" and client_races():
+        if name == "dask" and client_races():
             expected.add("dask.client-once")
     return expected
 

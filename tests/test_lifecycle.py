@@ -23,13 +23,16 @@ HEAVY = ("prefect", "prefect_dask", "prefect_ray", "dask", "distributed", "ray")
 def originals():
     """Every attribute a patch may replace, as the classes hold them now."""
     found = {}
-    for integration in lifecycle.INTEGRATIONS.values():
+    for module_name, runner_name, future_name in (
+        ("prefect_dask.task_runners", "DaskTaskRunner", "PrefectDaskFuture"),
+        ("prefect_ray.task_runners", "RayTaskRunner", "PrefectRayFuture"),
+    ):
         try:
-            module = __import__(integration.module_name, fromlist=["_"])
+            module = __import__(module_name, fromlist=["_"])
         except ImportError:
             continue
-        runner = getattr(module, integration.runner_name)
-        future = getattr(module, integration.future_name)
+        runner = getattr(module, runner_name)
+        future = getattr(module, future_name)
         for owner, attribute in (
             (runner, "submit"),
             (runner, "__exit__"),

@@ -14,7 +14,7 @@ import pytest
 
 import prefect_future_anchor
 from prefect_future_anchor import guard, releases
-from prefect_future_anchor.lifecycle import INTEGRATIONS
+RUNNER_MODULES = ("prefect_dask.task_runners", "prefect_ray.task_runners")
 
 _PREFECT = releases.installed_version("prefect")
 
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(
 def clean(monkeypatch):
     # Importing prefect configures logging and replaces the root handlers that
     # caplog reads, so the runner modules are imported before the test body.
-    for integration in INTEGRATIONS.values():
-        importlib.import_module(integration.module_name)
+    for module_name in RUNNER_MODULES:
+        importlib.import_module(module_name)
     monkeypatch.setattr(guard, "_warned", set())
     yield
     prefect_future_anchor.uninstall()
@@ -37,8 +37,8 @@ def clean(monkeypatch):
 
 def stock_attributes():
     found = {}
-    for integration in INTEGRATIONS.values():
-        module = importlib.import_module(integration.module_name)
+    for module_name in RUNNER_MODULES:
+        module = importlib.import_module(module_name)
         for name, value in vars(module).items():
             if isinstance(value, type) and value.__module__ == module.__name__:
                 found[(module.__name__, name)] = dict(vars(value))

@@ -92,18 +92,17 @@ SCRIPT = textwrap.dedent(
     module = types.ModuleType("prefect_dask.task_runners")
     module.DaskTaskRunner, module.PrefectDaskFuture = DaskTaskRunner, PrefectDaskFuture
     stock_submit = DaskTaskRunner.__dict__["submit"]
-    from prefect_future_anchor.dask_runner import integration
+    from prefect_future_anchor.dask_runner import TRACK
 
-    integration.module = module
-    assert integration.shape_problem("dask.track") is None, integration.shape_problem("dask.track")
-    integration.patch("dask.track")
+    assert TRACK.problem(module) is None, TRACK.problem(module)
+    TRACK.apply(module)
     print("WRAPPER", type(DaskTaskRunner.__dict__["submit"]).__name__)
     with DaskTaskRunner() as runner:
         future = runner.submit(object(), {})
         held = anchor.live_anchors()
         future.wrapped_future.finish()
         print("HELD_THEN_RELEASED", held, anchor.live_anchors())
-    integration.unpatch()
+    TRACK.remove()
     print("RESTORED", DaskTaskRunner.__dict__["submit"] is stock_submit)
     """
 )

@@ -1,0 +1,223 @@
+"""One object per patch: its release range, why, its shape check, what it wraps, how to put it back.
+
+A :class:`Patch` is one row of the table in :mod:`prefect_future_anchor.releases`
+(the README's compatibility table renders from the same objects).  Its whole
+story is in one place: ``applies`` and ``why`` (data), :meth:`problem` (does the
+installed module look like what this patch was written for), :meth:`apply`
+(wrap, remembering each original) and :meth:`remove` (put back exactly what was
+replaced, newest first).  The runner modules define their patches next to their
+:class:`~prefect_future_anchor.runtime.Runtime`; :mod:`prefect_future_anchor.lifecycle`
+decides and applies them without knowing what any of them does.
+
+The two patches every runner has are here: :class:`Track` (wraps ``submit``
+and ``__exit__`` with the runtime's wrappers) and :class:`FinalStates` (wraps
+nothing: it switches the runtime's crash and cancellation reports on).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Any, List, Optional, Tuple
+
+import wrapt
+
+from .runtime import Runtime
+
+_SUBMIT_PARAMETERS = ["self", "task", "parameters", "wait_for", "dependencies"]
+
+
+def code_reads(function: Any, attribute: str) -> bool:
+    """Whether ``function`` (or a function nested in it) reads ``.attribute``."""
+    code = getattr(function, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        current = stack.pop()
+        if attribute in current.co_names:
+            return True
+        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return False
+
+
+def code_constants(function: Any) -> set:
+    """The constants of ``function``'s code and of the functions nested in it."""
+    code = getattr(function, "__code__", None)
+    stack = [code] if code is not None else []
+    found: set = set()
+    while stack:
+        current = stack.pop()
+        for constant in current.co_consts:
+            if isinstance(constant, types.CodeType):
+                stack.append(constant)
+            elif isinstance(constant, str):
+                found.add(constant)
+    return found
+
+
+class Patch:
+    """One change to stock classes of ``module_name`` for ``distribution`` in ``applies``."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        name: str,
+        distribution: str,
+        module_name: str,
+        runner_name: str,
+        future_name: str,
+        applies: str,
+        why: str,
+    ) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.distribution = distribution
+        self.module_name = module_name
+        self.runner_name = runner_name
+        self.future_name = future_name
+        self.applies = applies
+        self.why = why
+        self.applied = False
+        self._originals: List[Tuple[type, str, bool, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<Patch {self.name} {self.distribution}{self.applies}{' applied' if self.applied else ''}>"
+
+    # -- what the subclass says --------------------------------------------------
+    def problem(self, module: Any) -> Optional[str]:
+        """Why ``module`` does not look like what this patch was written for, or None."""
+        runner = getattr(module, self.runner_name, None)
+        future = getattr(module, self.future_name, None)
+        if not isinstance(runner, type) or not isinstance(future, type):
+            return f"{self.module_name} has no {self.runner_name} / {self.future_name} class"
+        return None
+
+    def wrap(self, module: Any) -> None:
+        """Replace what this patch replaces (through :meth:`replace` / :meth:`wrap_method`)."""
+
+    def switch(self, on: bool) -> None:
+        """Turn what this patch turns on in the runtime (called after wrap, before unwrap)."""
+
+    def live_problem(self) -> Optional[str]:
+        """Why an applied patch cannot work right now (e.g. under the current
+        connection), for :func:`~prefect_future_anchor.status`; None if it can."""
+        return None
+
+    # -- the lifecycle -----------------------------------------------------------
+    def apply(self, module: Any) -> None:
+        if self.applied:
+            return
+        try:
+            self.wrap(module)
+            self.switch(True)
+        except BaseException:
+            self._restore()
+            raise
+        self.applied = True
+
+    def remove(self) -> None:
+        """Put back exactly the attributes this patch replaced, newest first."""
+        if self.applied:
+            self.switch(False)
+        self._restore()
+        self.applied = False
+
+    def _restore(self) -> None:
+        while self._originals:
+            owner, attribute, had, original = self._originals.pop()
+            if had:
+                setattr(owner, attribute, original)
+            else:
+                try:
+                    delattr(owner, attribute)
+                except AttributeError:  # pragma: no cover - already gone
+                    pass
+
+    def _remember(self, owner: type, attribute: str) -> None:
+        had = attribute in owner.__dict__
+        self._originals.append((owner, attribute, had, owner.__dict__.get(attribute)))
+
+    def wrap_method(self, owner: type, attribute: str, wrapper: Any) -> None:
+        self._remember(owner, attribute)
+        wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+
+    def replace(self, owner: type, attribute: str, value: Any) -> None:
+        self._remember(owner, attribute)
+        setattr(owner, attribute, value)
+
+
+class Track(Patch):
+    """``submit`` holds each run until it resolves; ``__exit__`` drains or cancels the rest."""
+
+    def problem(self, module: Any) -> Optional[str]:
+        problem = super().problem(module)
+        if problem is not None:
+            return problem
+        runner = getattr(module, self.runner_name)
+        future = getattr(module, self.future_name)
+        submit = runner.__dict__.get("submit")
+        if not callable(submit):
+            return f"{self.runner_name}.submit is not defined on the class"
+        try:
+            names = list(inspect.signature(submit).parameters)[: len(_SUBMIT_PARAMETERS)]
+        except (TypeError, ValueError):
+            names = []
+        if names != _SUBMIT_PARAMETERS:
+            return f"{self.runner_name}.submit has an unexpected signature {names}"
+        if inspect.getattr_static(runner, "__exit__", None) is None:
+            return f"{self.runner_name} is not a context manager"
+        for attribute in ("wrapped_future", "task_run_id"):
+            if inspect.getattr_static(future, attribute, None) is None:
+                return f"{self.future_name} has no {attribute}"
+        return None
+
+    def wrap(self, module: Any) -> None:
+        from . import releases
+
+        runner = getattr(module, self.runner_name)
+        self.runtime.false_warning = releases.has_false_warning(self.distribution)
+        self.wrap_method(runner, "submit", self.runtime.submit_wrapper)
+        self.wrap_method(runner, "__exit__", self.runtime.exit_wrapper)
+
+    def switch(self, on: bool) -> None:
+        self.runtime.tracked = on
+
+
+class FinalStates(Patch):
+    """Crash and cancellation reports: nothing of the runner's is replaced (the
+    track wrappers read the switch), so it needs ``track`` applied."""
+
+    def __init__(self, *args: Any, track: Track, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.track = track
+
+    def problem(self, module: Any) -> Optional[str]:
+        problem = super().problem(module)
+        if problem is not None:
+            return problem
+        if not self.track.applied:
+            return f"{self.track.name} is not applied"
+        future = getattr(module, self.future_name)
+        for method in ("result", "wait"):
+            if not code_reads(inspect.getattr_static(future, method, None), "_final_state"):
+                return f"{self.future_name}.{method} does not read _final_state"
+        try:
+            from prefect.client.orchestration import SyncPrefectClient, get_client
+            from prefect.context import FlowRunContext
+            from prefect.states import Cancelled, Crashed  # noqa: F401
+        except ImportError as exc:
+            return f"prefect's client API has moved ({exc})"
+        for method in ("read_task_run", "set_task_run_state"):
+            if not callable(getattr(SyncPrefectClient, method, None)):
+                return f"SyncPrefectClient has no {method}"
+        if "sync_client" not in inspect.signature(get_client).parameters:
+            return "get_client has no sync_client parameter"
+        if "flow_run" not in getattr(FlowRunContext, "model_fields", {}):
+            return "FlowRunContext has no flow_run"
+        return self.runner_problem(module)
+
+    def runner_problem(self, module: Any) -> Optional[str]:
+        """What else the runner's ``failure`` fact relies on (None if it holds)."""
+        return None
+
+    def switch(self, on: bool) -> None:
+        self.runtime.final_states = on

@@ -1,0 +1,202 @@
+"""What happens inside a patched ``submit`` and ``__exit__``: runner-agnostic.
+
+A :class:`Runtime` per runner kind (Dask, Ray, Prefect's process pool) holds
+the three facts only that runner knows (``when_done``: call back once a run's
+underlying future has ended, fetching nothing; ``cancel``; ``failure``: why a
+finished underlying future has no result because its worker died) and the
+switches the patches turn on (:mod:`prefect_future_anchor.patches`).  Deciding
+and applying patches is not done here.
+
+- ``submit``: the returned future is held until its run resolves
+  (:mod:`prefect_future_anchor.anchor`), so a dropped parent's ``__del__`` is
+  silent and the exit knows which runs are unresolved.
+- ``__exit__``: a clean exit drains the unresolved runs under ``on_exit``
+  (:mod:`prefect_future_anchor.drain`); an exit after the flow run failed, timed
+  out, was cancelled or interrupted cancels them at once, whatever else is
+  applied.  With final states on, the runs it cancelled and the runs whose
+  worker died end in a final state in the API
+  (:mod:`prefect_future_anchor.outcomes`).  Then everything is let go and the
+  stock exit runs, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+from . import anchor, drain, guard, outcomes
+
+
+def _task_of(task: Any = None, *_a: Any, **_k: Any) -> Any:
+    return task
+
+
+def _current_flow_run() -> Any:
+    """The flow run object of the submitting flow (the engine sets its ``state``)."""
+    try:
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        return context.flow_run if context is not None else None
+    except Exception:
+        return None
+
+
+Cancelled = List[Tuple[Any, str, Any]]
+
+
+class Runtime:
+    #: short name, the prefix of the runner's patch names ("dask" -> "dask.track")
+    name = ""
+    runner_name = ""
+    #: how the runner's workers are named in crash messages
+    worker_word = "worker"
+
+    def __init__(self) -> None:
+        #: switched by the patches (``<name>.track``, ``<name>.final-states``)
+        self.tracked = False
+        self.final_states = False
+        #: whether the installed release's future warns when dropped unresolved
+        self.false_warning = False
+        self.on_exit = "wait"
+        self.drain_timeout = drain.DEFAULT_DRAIN_TIMEOUT
+
+    # -- facts each runner supplies ----------------------------------------------
+    def when_done(self, raw: Any, on_done: Callable[[], None], on_lost: Callable[[], None]) -> None:
+        """Call ``on_done()`` once ``raw`` has ended (success, error, cancellation),
+        or ``on_lost()`` if that can no longer be learnt (the cluster went away)."""
+        raise NotImplementedError
+
+    def cancel(self, raw: Any) -> None:
+        raise NotImplementedError
+
+    def failure(self, raw: Any) -> Optional[BaseException]:
+        """Why a finished underlying future has no result because its worker,
+        process or node died or was lost (None if it has one, or was cancelled).
+        Called on the completion callback's thread; must not fetch a result."""
+        raise NotImplementedError
+
+    def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
+        """The stock ``__exit__`` (a runner may need to quiesce around it)."""
+        return wrapped(*args, **kwargs)
+
+    # -- submit ------------------------------------------------------------------
+    @property
+    def tracking(self) -> bool:
+        """Hold runs: for the drain, the crash reports, or to silence a release's false warning."""
+        return self.tracked and (self.on_exit != "ignore" or self.false_warning or self.final_states)
+
+    def submit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        future = wrapped(*args, **kwargs)
+        if self.tracking:
+            try:
+                self._hold(instance, future, _task_of(*args, **kwargs))
+            except Exception as exc:
+                guard.failed(f"{self.name}.submit", exc)
+        return future
+
+    def _hold(self, runner: Any, future: Any, task: Any) -> None:
+        runs = anchor.runs_of(runner)
+        if runs.context is None:
+            runs.context = contextvars.copy_context()
+            runs.flow_run = _current_flow_run()
+        key = future.task_run_id
+        release = runs.hold(key, getattr(task, "name", "?"), future)
+        raw = future.wrapped_future
+        if not self.final_states:
+            done = release
+        else:
+
+            def done(*_ignored: Any) -> None:
+                try:
+                    self._check(runs, key, raw)
+                finally:
+                    release()
+
+        try:
+            self.when_done(raw, done, release)
+        except BaseException:
+            release()
+            raise
+
+    def _check(self, runs: anchor.Runs, key: Any, raw: Any) -> None:
+        """Completion callback of a run: if its worker died, report it Crashed."""
+        try:
+            if key in runs.cancelled:
+                return  # the exit cancelled it (a forced Ray cancel kills the worker)
+            cause = self.failure(raw)
+            if cause is None:
+                return
+            entry = runs.get(key)
+            context = runs.context
+            if entry is None or context is None:
+                return  # let go already (runner exit): the exit accounts for it
+            name, future = entry
+            outcomes.report_crash(key, name, future, cause, f"{self.runner_name}'s {self.worker_word}", context)
+        except Exception as exc:
+            guard.failed(f"{self.name}.final-states", exc)
+
+    # -- __exit__ ----------------------------------------------------------------
+    def exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        exc_type = args[0] if args else kwargs.get("exc_type")
+        cancelled: Cancelled = []
+        reason = ""
+        try:
+            try:
+                reason = self._unclean_exit(instance, exc_type) or ""
+                cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel, reason)
+            except Exception as exc:
+                guard.failed(f"{self.name}.drain", exc)
+            except BaseException as interrupt:  # Ctrl-C / termination while the drain waits
+                cancelled, reason = drain.drain(
+                    instance, "cancel", 0, self.cancel, f"the wait was interrupted ({type(interrupt).__name__})"
+                )
+                raise
+        finally:
+            # Also when interrupted, here too: the API learns the final states,
+            # then the stock exit closes the client / shuts the cluster down.
+            try:
+                self._settle(cancelled, reason)
+            finally:
+                try:
+                    self._let_go(instance)
+                finally:
+                    result = self.stock_exit(wrapped, instance, args, kwargs)
+        return result
+
+    def _unclean_exit(self, runner: Any, exc_type: Any) -> Optional[str]:
+        """Why the runner exits other than cleanly, or None for a clean exit: the
+        flow raised through the runner, or its run ended in a non-Completed state."""
+        if exc_type is not None:
+            return f"the flow run was interrupted ({getattr(exc_type, '__name__', exc_type)})"
+        runs = anchor.held_by(runner)
+        state = getattr(getattr(runs, "flow_run", None), "state", None)
+        if state is None or state.is_completed() or state.is_running():
+            return None
+        return f"the flow run ended {state.name}"
+
+    def _settle(self, cancelled: Cancelled, reason: str) -> None:
+        if not self.final_states:
+            return
+        deadline = time.monotonic() + outcomes.REPORT_TIMEOUT
+        try:
+            if cancelled:
+                outcomes.report_cancelled(cancelled, reason, deadline)
+            outcomes.reporter.flush(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            guard.failed(f"{self.name}.final-states", exc)
+
+    def _let_go(self, runner: Any) -> None:
+        """Drop whatever the runner's runs still hold before the stock exit closes
+        the client / shuts the cluster down: resolved runs die silently, and a run
+        left unresolved (on_exit='ignore', or cancelled) gets the stock treatment.
+        The flow's context goes too (it holds the runner, which holds the runs)."""
+        try:
+            runs = anchor.held_by(runner)
+            if runs is not None:
+                runs.context = None
+                runs.flow_run = None
+                runs.release_all()
+        except Exception as exc:  # pragma: no cover - defensive
+            guard.failed(f"{self.name}.let-go", exc)
