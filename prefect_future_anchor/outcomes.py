@@ -8,35 +8,81 @@ for good, the flow's future says RUNNING too, and the flow ends Completed
 the shim cancels at runner exit would likewise stay Pending or Running.
 
 The shim learns of both from what it already has: the completion callback of
-every run it holds (Dask: the future's status is ``error``; Ray: the ready
-ObjectRef holds a Ray error), and the runs :mod:`prefect_future_anchor.drain`
-cancels.  For those runs only (a run that ends normally costs no API call) it
-reads the run's state from the API and, unless the engine already reported a
-final one, proposes Crashed or Cancelled.  The proposal goes through the
-server's orchestration (``force=False``), so an engine report that lands
-between the read and the proposal wins: the run keeps the state its engine
-reported and the flow's future reports that.  The future the flow holds is
-given the same final state, so ``future.state`` and ``future.result()`` say
-what the API says.
+every run it holds, and the runs :mod:`prefect_future_anchor.drain` cancels.
+For those runs only (a run that ends normally costs no API call) it reports
+Crashed or Cancelled the way the dead engine would have: as a task-run state
+event, which the server's task-run recorder stores only if it is newer than
+the state it holds.  The report is timestamped one microsecond after the
+run's last recorded state, so any real report of the engine (every one is
+later than that) wins whatever the order in which the two reach the recorder:
+an engine report recorded after the shim's replaces it, one recorded first
+makes the recorder discard the shim's.  A report is done when the API shows
+it, or shows a final state of the engine's; a run the API has no record of
+is looked for again for :data:`RECORD_GRACE` (the recorder stores an
+engine's first reports a moment after they were sent).  The future the flow
+holds is given what the API ends with, so ``future.state`` and
+``future.result()`` say what the API says; a run the API could not be told
+about keeps its stock state, and the runner's exit names it.
+
+All API calls happen on one reporter thread, with the client's own retries
+off (the reporter retries, within its deadline): the exit only waits for that
+thread, so its bound (:data:`REPORT_TIMEOUT`) holds whatever the API does.
 """
 
 from __future__ import annotations
 
-import collections
-import contextvars
+import asyncio
+import contextlib
+import datetime
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque, Iterable, List, Optional, Tuple
+import uuid
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import guard
 
 logger = logging.getLogger("prefect_future_anchor")
 
-#: Longest the runner's exit waits for crash reports still being made, and for
-#: the Cancelled proposals of the runs it cancelled (the API normally answers
-#: each in milliseconds; an unreachable API must not hold the flow).
+#: Longest the runner's exit waits for the final states it reports (crash
+#: reports still being made, the Cancelled of the runs it cancelled): the API
+#: normally answers in milliseconds; an unreachable API must not hold the flow.
 REPORT_TIMEOUT = 30.0
+
+#: How long a run the API has no record of is looked for again before the shim
+#: concludes it was never recorded (its engine never started, or its reports
+#: died with it).
+RECORD_GRACE = 10.0
+
+#: Longest one API call of the reporter may take.
+CALL_TIMEOUT = 10.0
+
+#: Pause between reads while the recorder has not stored a report yet.
+POLL = 0.2
+
+#: Pause before trying again after the API could not be reached.
+RETRY = 1.0
+
+#: A report not shown by the API this long after it was sent is sent again
+#: (same event id: the recorder stores it once).
+RESEND = 5.0
+
+#: What became of a report: the API holds the shim's state, an engine's final
+#: state, or has no record of the run.
+REPORTED, ENGINE, UNRECORDED = "reported", "engine", "unrecorded"
+
+_TASK_RUN_FIELDS_NOT_SENT = {
+    "id",
+    "created",
+    "updated",
+    "flow_run_id",
+    "state_id",
+    "state_type",
+    "state_name",
+    "state",
+    "estimated_start_time_delta",
+    "estimated_run_time",
+}
 
 
 def _run_logger(default: Any = None) -> Any:
@@ -60,98 +106,375 @@ def cancelled_state(message: str) -> Any:
     return Cancelled(message=message)
 
 
-def settle(client: Any, task_run_id: Any, local: Any) -> Any:
-    """Make the API's state of ``task_run_id`` final: keep a final state the
-    engine reported, else propose ``local`` (orchestrated).  Returns the state
-    the run's future should report, or None if the API has no such run (it never
-    started, so nothing there is left unfinished)."""
-    from prefect.exceptions import ObjectNotFound
-    from prefect.states import State
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the API could not be reached or did not answer (try
+    again later), as opposed to a fault of the shim's own code."""
+    import httpx
 
+    if isinstance(exc, (httpx.TransportError, OSError, TimeoutError, asyncio.TimeoutError)):
+        return True
     try:
-        run = client.read_task_run(task_run_id)
-    except ObjectNotFound:
-        return None
-    if run.state is not None and run.state.is_final():
-        return run.state
-    # The API keeps no exception object: propose the state without its data.
-    proposal = State(type=local.type, name=local.name, message=local.message)
-    result = client.set_task_run_state(task_run_id, proposal, force=False)
-    if result.state is not None and result.state.type == local.type:
-        return local
-    if result.state is not None and result.state.is_final():
-        return result.state  # the engine's report arrived first
-    return local
+        from websockets.exceptions import WebSocketException
+
+        if isinstance(exc, WebSocketException):
+            return True
+    except ImportError:  # pragma: no cover - prefect depends on websockets
+        pass
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return isinstance(status, int) and (status >= 500 or status in (408, 429))
+
+
+def _event(run: Any, stored: Any, proposal: Any) -> Any:
+    """The task-run state event an engine emits for ``proposal`` (the payload of
+    ``prefect.utilities.engine.emit_task_run_state_change_event``, which the
+    server's task-run recorder reads)."""
+    from prefect.events import Event
+
+    def brief(state: Any, with_data: bool) -> Dict[str, Any]:
+        out = {
+            "type": str(state.type.value),
+            "name": state.name,
+            "message": state.message,
+            "state_details": state.state_details.model_dump(
+                mode="json", exclude_none=True, exclude_unset=True, exclude={"flow_run_id", "task_run_id"}
+            ),
+        }
+        if with_data:
+            out["data"] = None
+        return out
+
+    related = [
+        {"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"} for tag in sorted(run.tags or ())
+    ]
+    if run.flow_run_id is not None:
+        related.insert(0, {"prefect.resource.id": f"prefect.flow-run.{run.flow_run_id}", "prefect.resource.role": "flow-run"})
+    return Event(
+        id=proposal.id,
+        occurred=proposal.timestamp,
+        event=f"prefect.task-run.{proposal.name}",
+        resource={
+            "prefect.resource.id": f"prefect.task-run.{run.id}",
+            "prefect.resource.name": run.name,
+            "prefect.run-count": str(run.run_count),
+            "prefect.state-message": proposal.message or "",
+            "prefect.state-name": proposal.name or "",
+            "prefect.state-timestamp": proposal.timestamp.isoformat(),
+            "prefect.state-type": str(proposal.type.value),
+            "prefect.orchestration": "client",
+        },
+        related=related,
+        payload={
+            "intended": {"from": str(stored.type.value) if stored else None, "to": str(proposal.type.value)},
+            "initial_state": brief(stored, False) if stored else None,
+            "validated_state": brief(proposal, True),
+            "task_run": run.model_dump(mode="json", exclude_none=True, exclude=_TASK_RUN_FIELDS_NOT_SENT),
+        },
+    )
+
+
+def _send(events: List[Any], timeout: float) -> None:
+    """Send ``events`` over one events connection, within ``timeout``."""
+
+    async def send() -> None:
+        from prefect.events.clients import get_events_client
+
+        async with get_events_client(reconnection_attempts=0) as client:
+            for event in events:
+                await client.emit(event)
+
+    async def bounded() -> None:
+        await asyncio.wait_for(send(), timeout)
+
+    asyncio.run(bounded())
+
+
+@contextlib.contextmanager
+def _client(timeout: float = CALL_TIMEOUT) -> Any:
+    """A sync client whose calls fail fast: no retries of its own, each call
+    bounded (the reporter retries, within its deadline)."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+        with get_client(httpx_settings={"timeout": httpx.Timeout(timeout)}, sync_client=True) as client:
+            yield client
+
+
+class Report:
+    """One run's final state to get into the API, one read at a time."""
+
+    def __init__(self, key: Any, name: str, future: Any, local: Any, context: Any = None, deadline: Optional[float] = None) -> None:
+        self.key = key
+        self.name = name
+        self.future = future
+        self.local = local
+        self.context = context
+        self.deadline = deadline
+        self.due = 0.0
+        self.proposal: Any = None
+        self.outgoing: Any = None
+        self.sent_at: Optional[float] = None
+        self.first_missing: Optional[float] = None
+        #: (REPORTED / ENGINE / UNRECORDED, the state the future should report) once done
+        self.outcome: Optional[Tuple[str, Any]] = None
+        #: called with the outcome on the reporter thread (the crash report's log line)
+        self.on_done: Optional[Callable[[str, Any], None]] = None
+
+    def step(self, client: Any, now: float) -> None:
+        """Read the run once; finish, or decide what to send and when to read again."""
+        from prefect.exceptions import ObjectNotFound
+
+        self.due = now + POLL
+        try:
+            run = client.read_task_run(self.key)
+        except ObjectNotFound:
+            run = None
+        if run is None:
+            self.first_missing = self.first_missing if self.first_missing is not None else now
+            if now - self.first_missing >= RECORD_GRACE:
+                self.outcome = (UNRECORDED, None)
+            return
+        self.first_missing = None
+        stored = run.state
+        if stored is not None and self.proposal is not None and stored.id == self.proposal.id:
+            self.outcome = (REPORTED, self.proposal)
+        elif stored is not None and stored.is_final():
+            self.outcome = (ENGINE, stored)
+        elif self.proposal is None or (stored is not None and stored.timestamp >= self.proposal.timestamp):
+            # first read, or an engine report newer than ours was recorded since
+            self.proposal = self._after(stored, run)
+            self.outgoing = _event(run, stored, self.proposal)
+        elif self.sent_at is None or now - self.sent_at >= RESEND:
+            self.outgoing = _event(run, stored, self.proposal)
+
+    def _after(self, stored: Any, run: Any) -> Any:
+        """``local`` timestamped so that no real report of the engine can be older."""
+        if stored is not None:
+            timestamp = stored.timestamp + datetime.timedelta(microseconds=1)
+        else:
+            timestamp = datetime.datetime.now(datetime.timezone.utc)
+        details = self.local.state_details.model_copy(update={"task_run_id": run.id, "flow_run_id": run.flow_run_id})
+        return self.local.model_copy(update={"id": uuid.uuid4(), "timestamp": timestamp, "state_details": details})
+
+
+def settle(client: Any, task_run_id: Any, local: Any, deadline: Optional[float] = None) -> Any:
+    """Make the API's state of ``task_run_id`` final, on the calling thread:
+    keep a final state the engine reported, else report ``local`` (a report of
+    the engine's that reaches the recorder later still wins).  Returns the
+    state the run's future should report, or None if the API has no record of
+    the run (within :data:`RECORD_GRACE`); raises TimeoutError if the API did
+    not show either by ``deadline`` (default :data:`REPORT_TIMEOUT` from now)."""
+    deadline = deadline if deadline is not None else time.monotonic() + REPORT_TIMEOUT
+    report = Report(task_run_id, "", None, local)
+    while True:
+        now = time.monotonic()
+        report.step(client, now)
+        if report.outcome is not None:
+            return report.outcome[1]
+        if report.outgoing is not None:
+            _send([report.outgoing], max(0.1, min(CALL_TIMEOUT, deadline - now)))
+            report.outgoing, report.sent_at = None, time.monotonic()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the API did not show a final state of task run {task_run_id} in time")
+        time.sleep(max(0.0, min(report.due, deadline) - time.monotonic()))
 
 
 def _give(future: Any, state: Any) -> None:
-    if state is not None and getattr(future, "_final_state", None) is None:
+    if future is not None and state is not None and getattr(future, "_final_state", None) is None:
         future._final_state = state
 
 
-class Reporter:
-    """One daemon thread that makes crash reports off Dask's and Ray's callback threads.
+def _names(keys_names: Iterable[Tuple[Any, str]]) -> str:
+    return ", ".join(f"{name} ({key})" for key, name in keys_names)
 
-    It exists only while there is work: it starts with the first report and ends
-    when the queue is empty.  :meth:`flush` waits for the reports queued so far.
+
+class Reporter:
+    """One daemon thread that makes every API call of the final states.
+
+    It exists only while there is work.  Each round reads the runs that are due
+    with one client and sends what they need over one events connection; a run
+    waiting for the recorder is read again after :data:`POLL`, one whose API
+    could not be reached after :data:`RETRY`, until its deadline (set by the
+    runner's exit).  Whatever happens in a round, the thread goes on, or is
+    replaced at the next report.
     """
 
     def __init__(self) -> None:
-        self._jobs: Deque[Tuple[Callable[[], None], contextvars.Context]] = collections.deque()
         self._changed = threading.Condition()
-        self._busy = 0
+        self._reports: Dict[Any, Report] = {}
+        #: (key, name) of reports given up at their deadline, for the exit to name
+        self._expired: List[Tuple[Any, str]] = []
         self._thread: Optional[threading.Thread] = None
 
-    def submit(self, job: Callable[[], None], context: contextvars.Context) -> None:
+    # -- the callers' side -------------------------------------------------------
+    def submit(self, report: Report) -> None:
         with self._changed:
-            self._jobs.append((job, context))
-            self._busy += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="prefect-future-anchor-report", daemon=True)
-                self._thread.start()
+            if report.key in self._reports:
+                return  # already being reported (a crash, then the exit's cancel)
+            self._reports[report.key] = report
+            self._start()
+            self._changed.notify_all()
 
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                if not self._jobs:
-                    self._thread = None
-                    return
-                job, context = self._jobs.popleft()
-            try:
-                context.copy().run(job)
-            except Exception as exc:
-                guard.failed("crash report", exc)
-            finally:
-                with self._changed:
-                    self._busy -= 1
-                    self._changed.notify_all()
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="prefect-future-anchor-report", daemon=True)
+            self._thread.start()
+
+    def pending(self) -> List[Tuple[Any, str]]:
+        with self._changed:
+            return [(r.key, r.name) for r in self._reports.values()]
+
+    def wait(self, keys: Optional[Iterable[Any]], deadline: float, forget: bool = True) -> List[Tuple[Any, str]]:
+        """Give the reports of ``keys`` (None: all) until ``deadline`` (monotonic):
+        what is not done by then is given up.  Waits only for the thread, so the
+        bound is hard.  Returns (key, name) of the reports given up; with
+        ``forget=False`` a later wait returns them again."""
+        with self._changed:
+            wanted = set(self._reports) if keys is None else set(keys)
+            for key in wanted:
+                report = self._reports.get(key)
+                if report is not None and (report.deadline is None or report.deadline > deadline):
+                    report.deadline = deadline
+            if any(key in self._reports for key in wanted):
+                self._start()
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not wanted & set(self._reports), timeout=max(0.0, deadline - time.monotonic()))
+            for key in wanted:
+                if key in self._reports:
+                    self._expired.append((key, self._reports.pop(key).name))
+            given_up = [(key, name) for key, name in self._expired if keys is None or key in wanted]
+            if forget:
+                self._expired = [entry for entry in self._expired if entry not in given_up]
+            self._changed.notify_all()
+            return given_up
 
     def flush(self, timeout: float) -> bool:
+        """Give every report queued so far ``timeout`` seconds (the runner's exit);
+        True if all were made, else one log line names the runs given up."""
+        return not _name_unreported(self.wait(None, time.monotonic() + timeout), timeout)
+
+    # -- the thread --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self._round():
+                pass
+        except BaseException as exc:
+            guard.failed("final-state reports", exc)
+        finally:
+            with self._changed:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                    if self._reports:
+                        self._start()
+                self._changed.notify_all()
+
+    def _round(self) -> bool:
+        """One round over the due reports; False when there is nothing left."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._busy == 0, timeout=timeout)
+            now = time.monotonic()
+            for report in list(self._reports.values()):
+                if report.deadline is not None and now >= report.deadline:
+                    self._drop(report)
+                    self._expired.append((report.key, report.name))
+            if not self._reports:
+                return False
+            due = [r for r in self._reports.values() if r.due <= now]
+            if not due:
+                wake = min(min(r.due, r.deadline or r.due) for r in self._reports.values())
+                self._changed.wait(max(0.0, wake - now))
+                return True
+        groups: Dict[int, List[Report]] = {}
+        for report in due:
+            groups.setdefault(id(report.context), []).append(report)
+        for group in groups.values():
+            context = group[0].context
+            if context is not None:
+                context.copy().run(self._serve, group)
+            else:
+                self._serve(group)
+        return True
+
+    def _serve(self, group: List[Report]) -> None:
+        """Read each report's run and send what they need (in the flow's context:
+        its API settings, its logger)."""
+        bound = min([CALL_TIMEOUT] + [r.deadline - time.monotonic() for r in group if r.deadline is not None])
+        try:
+            with _client(max(0.1, bound)) as client:
+                for report in group:
+                    try:
+                        report.step(client, time.monotonic())
+                    except BaseException as exc:
+                        self._failed(report, exc)
+            outgoing = [r for r in group if r.outgoing is not None and r.outcome is None]
+            if outgoing:
+                try:
+                    _send([r.outgoing for r in outgoing], max(0.1, bound))
+                    sent = time.monotonic()
+                    for report in outgoing:
+                        report.outgoing, report.sent_at = None, sent
+                except BaseException as exc:
+                    for report in outgoing:
+                        self._failed(report, exc)
+        except BaseException as exc:
+            for report in group:
+                if report.outcome is None:
+                    self._failed(report, exc)
+        for report in group:
+            if report.outcome is not None:
+                self._finish(report)
+
+    def _failed(self, report: Report, exc: BaseException) -> None:
+        if _unreachable(exc):
+            report.due = time.monotonic() + RETRY
+            return
+        guard.failed("final-state reports", exc)
+        with self._changed:
+            self._drop(report)
+
+    def _finish(self, report: Report) -> None:
+        try:
+            how, state = report.outcome
+            _give(report.future, state if how != UNRECORDED else report.local)
+            if report.on_done is not None:
+                report.on_done(how, state)
+        except BaseException as exc:
+            guard.failed("final-state reports", exc)
+        finally:
+            with self._changed:
+                self._drop(report)
+
+    def _drop(self, report: Report) -> None:
+        if self._reports.get(report.key) is report:
+            del self._reports[report.key]
+            self._changed.notify_all()
 
 
 reporter = Reporter()
 
 
-def report_crash(key: Any, name: str, future: Any, cause: BaseException, runner: str, context: contextvars.Context) -> None:
+def report_crash(key: Any, name: str, future: Any, cause: BaseException, runner: str, context: Any) -> None:
     """Queue the crash report of one run whose worker/process died (called on a
-    completion callback thread; the API calls happen on the reporter thread)."""
+    completion callback thread; never blocks it: the API calls happen on the
+    reporter thread, in ``context``, the flow's)."""
+    message = f"{runner} died or was lost before the run could report a final state: {describe(cause)}"
+    report = Report(key, name, future, crashed_state(message, cause), context)
 
-    def job() -> None:
-        from prefect.client.orchestration import get_client
-
-        message = f"{runner} worker died or was lost before the run could report a final state: {describe(cause)}"
-        local = crashed_state(message, cause)
-        with get_client(sync_client=True) as client:
-            state = settle(client, key, local)
-        _give(future, state if state is not None else local)
-        if state is local or state is None:
+    def on_done(how: str, _state: Any) -> None:
+        if how == REPORTED:
+            _run_logger().error("prefect-future-anchor: task run %s (%s) set Crashed: %s", name, key, message)
+        elif how == UNRECORDED:
             _run_logger().error(
-                "prefect-future-anchor: task run %s (%s) set Crashed: %s", name, key, message
+                "prefect-future-anchor: task run %s (%s) crashed (%s); the API has no record of the run, "
+                "so there is nothing there to set Crashed",
+                name,
+                key,
+                message,
             )
 
-    reporter.submit(job, context)
+    report.on_done = on_done
+    reporter.submit(report)
 
 
 def describe(cause: BaseException) -> str:
@@ -162,27 +485,48 @@ def describe(cause: BaseException) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
+def _queue_cancelled(runs: List[Tuple[Any, str, Any]], reason: str, deadline: float) -> List[Any]:
+    import contextvars
+
+    message = f"Cancelled by prefect-future-anchor: {reason}"
+    context = contextvars.copy_context()
+    for key, name, future in runs:
+        reporter.submit(Report(key, name, future, cancelled_state(message), context, deadline))
+    return [key for key, _name, _future in runs]
+
+
 def report_cancelled(runs: Iterable[Tuple[Any, str, Any]], reason: str, deadline: Optional[float] = None) -> List[Any]:
-    """Propose Cancelled for runs the shim cancelled (synchronously, on the
-    exiting thread, bounded by ``deadline``); return the keys left unreported."""
+    """Report Cancelled for the runs the shim cancelled, waiting (only for the
+    reporter thread) until ``deadline``; return the keys left unreported."""
     runs = list(runs)
     if not runs:
         return []
-    from prefect.client.orchestration import get_client
-
     deadline = deadline if deadline is not None else time.monotonic() + REPORT_TIMEOUT
-    message = f"Cancelled by prefect-future-anchor: {reason}"
-    left = [key for key, _name, _future in runs]
-    with get_client(sync_client=True) as client:
-        for key, _name, future in runs:
-            if time.monotonic() > deadline:
-                break
-            local = cancelled_state(message)
-            try:
-                state = settle(client, key, local)
-            except Exception as exc:
-                guard.failed("cancel report", exc)
-                break
-            _give(future, state if state is not None else local)
-            left.remove(key)
+    keys = _queue_cancelled(runs, reason, deadline)
+    return [key for key, _name in reporter.wait(keys, deadline, forget=False)]
+
+
+def settle_at_exit(cancelled: Iterable[Tuple[Any, str, Any]], reason: str, timeout: Optional[float] = None) -> List[Any]:
+    """The runner exit's one call: report Cancelled for the runs it cancelled and
+    finish every crash report still being made, all within ``timeout`` (default
+    :data:`REPORT_TIMEOUT`), a hard bound: the exiting thread only waits.  Logs
+    one line naming the runs whose final state the API was not told; returns
+    their keys."""
+    started = time.monotonic()
+    deadline = started + (REPORT_TIMEOUT if timeout is None else timeout)
+    cancelled = list(cancelled)
+    if cancelled:
+        _queue_cancelled(cancelled, reason, deadline)
+    return [key for key, _name in _name_unreported(reporter.wait(None, deadline), deadline - started)]
+
+
+def _name_unreported(left: List[Tuple[Any, str]], timeout: float) -> List[Tuple[Any, str]]:
+    if left:
+        _run_logger().error(
+            "prefect-future-anchor: the API could not be told the final state of %d task run(s) "
+            "within %gs; they stay as the API last had them: %s",
+            len(left),
+            timeout,
+            _names(left),
+        )
     return left

@@ -67,14 +67,14 @@ def wait_running(task_run_id: Any, limit: float = 60) -> None:
     raise AssertionError(f"task run {task_run_id} never showed Running in the API")
 
 
-_RUN_CALL = re.compile(r"/task_runs/[0-9a-f-]{36}(/set_state)?$")
+_RUN_CALL = re.compile(r"/task_runs/([0-9a-f-]{36})(/set_state)?$")
 
 
 class ApiCalls:
-    """Counts this process's HTTP requests that read or set one task run's state."""
+    """This process's HTTP requests that read or set one task run's state, by run."""
 
     def __init__(self, monkeypatch) -> None:
-        self.count = 0
+        self.runs: List[str] = []
         for cls in (httpx.Client, httpx.AsyncClient):
             original = cls.send
 
@@ -93,8 +93,13 @@ class ApiCalls:
             monkeypatch.setattr(cls, "send", send)
 
     def _see(self, request) -> None:
-        if _RUN_CALL.search(request.url.path):
-            self.count += 1
+        match = _RUN_CALL.search(request.url.path)
+        if match:
+            self.runs.append(match.group(1))
+
+    def of(self, *futures) -> int:
+        ids = {str(f.task_run_id) for f in futures}
+        return sum(run in ids for run in self.runs)
 
 
 def dask_runner(address: str):
@@ -151,64 +156,204 @@ def run_worker_death(runner, kind: str = "dask") -> List[Any]:
 
 @pytest.mark.parametrize("kind", RUNNERS)
 def test_worker_death_ends_crashed_and_costs_no_call_for_normal_runs(kind, runner_of, shim, monkeypatch):
+    """Stock leaves the run Running in the API (the future's own Crashed, on Ray,
+    and ``result()`` raising hold on stock too: only the API tells the two apart)."""
     calls = ApiCalls(monkeypatch)
     doomed, fine = run_worker_death(runner_of(kind), kind)
-    stock_calls = calls.count
-    # stock: the zombie
-    assert api_state(doomed.task_run_id).is_running()
-    assert api_state(fine.task_run_id).is_completed()
+    stock_calls = len(calls.runs)
+    assert api_state(doomed.task_run_id).is_running()  # stock: the zombie
+    assert api_poll(fine.task_run_id, lambda s: s is not None and s.is_final()).is_completed()
 
     report = shim()
     assert report.patch(f"{kind}.final-states").state == "applied"
-    calls.count = 0
+    calls.runs.clear()
     doomed, fine = run_worker_death(runner_of(kind), kind)
-    # one read and one proposal for the crashed run; nothing for the two that ended normally
-    assert calls.count - stock_calls == 2
+    doomed_calls, other_calls = calls.of(doomed), len(calls.runs) - calls.of(doomed)
     state = api_state(doomed.task_run_id)
     assert state.is_crashed(), state
     assert CAUSE[kind] in state.message and "died" in state.message
-    assert doomed.state.is_crashed()
-    with pytest.raises(Exception, match="(?i)worker"):
-        doomed.result()
+    if kind == "dask":  # prefect-ray's wait() gives the future a Crashed of its own (stock)
+        assert doomed.state.id == state.id  # the future reports what the API says
+    # the crashed run's reads; none for the two that ended normally
+    assert doomed_calls > 0 and other_calls == stock_calls
     assert fine.result() == 2
-    assert api_state(fine.task_run_id).is_completed()
 
 
-def test_a_final_state_the_engine_reported_is_never_overwritten(dask_pair, shim):
-    """The race with a late engine report: the engine's Completed lands after the
-    shim read the run as Running, before its proposal; the server keeps Completed
-    and the future reports it."""
+class HeldReports:
+    """Holds back the real state events a task engine of this process emits (its
+    ``emit_event``), for the test to send later through the same path: an engine
+    report that reaches the recorder late.  Only the events' timing changes."""
+
+    def __init__(self, monkeypatch, names) -> None:
+        import prefect.utilities.engine as engine
+
+        self._emit = engine.emit_event
+        self.names = set(names)
+        self.held: List[Any] = []
+
+        def emit_event(*args, **kwargs):
+            if kwargs.get("event", "").rsplit(".", 1)[-1] in self.names:
+                self.held.append(kwargs)
+                return None
+            return self._emit(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "emit_event", emit_event)
+
+    def of(self, task_run_id: Any, name: str) -> Any:
+        return next(k for k in self.held if k["resource"]["prefect.resource.id"].endswith(str(task_run_id)) and k["event"].endswith(name))
+
+    def send(self, task_run_id: Any, *names: str) -> List[Any]:
+        """Send the held events of one run (``names``: those only), as its engine would have."""
+        sent = [k for k in self.held if k["resource"]["prefect.resource.id"].endswith(str(task_run_id))]
+        sent = [k for k in sent if not names or k["event"].rsplit(".", 1)[-1] in names]
+        for kwargs in sent:
+            self.held.remove(kwargs)
+            self._emit(**kwargs)
+        return [k["id"] for k in sent]
+
+
+def in_process_runs(n: int) -> List[Any]:
+    """``n`` runs of ``parent`` that end Completed, run by engines of this process."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    kept: List[Any] = []
+
+    def runs():
+        for i in range(n):
+            kept.append(parent.submit(i))
+        for future in kept:
+            future.wait()
+
+    flow(runs, name="in-process-runs", task_runner=ThreadPoolTaskRunner())()
+    return kept
+
+
+def api_poll(task_run_id: Any, until, limit: float = 60) -> Any:
+    """Readiness poll of the server: the run's API state once ``until(state)`` holds."""
+    deadline = time.monotonic() + limit
+    state = None
+    while time.monotonic() < deadline:
+        try:
+            state = api_state(task_run_id)
+        except Exception:
+            state = None
+        if until(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"task run {task_run_id}: the API state stayed {state}")
+
+
+def recorded(task_run_id: Any, state_id: Any, limit: float = 60) -> List[Any]:
+    """Poll until the recorder has stored ``state_id`` in the run's history
+    (it stores every reported state there, newer than the run's or not)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            states = client.read_task_run_states(task_run_id)
+        if any(s.id == state_id for s in states):
+            return states
+        time.sleep(0.1)
+    raise AssertionError(f"the recorder never stored state {state_id} of task run {task_run_id}")
+
+
+def test_an_engine_report_recorded_after_the_shims_still_wins(monkeypatch):
+    """The engine reported Completed before the shim's report, and the recorder
+    stores it after: the engine's state is the run's.  Control, same test: a
+    report the old way (``set_task_run_state``, timestamped by the server) makes
+    the recorder discard the engine's later-recorded Completed."""
     from prefect.client.orchestration import get_client
 
     from prefect_future_anchor import outcomes
 
-    shim()
-    _doomed, fine = run_worker_death(dask_runner(dask_pair))
-    assert fine.result() == 2
-    completed = api_state(fine.task_run_id)
-
-    class LateEngineReport:
-        """The real client, except that its first read returns what the API
-        said before the engine's final report."""
-
-        def __init__(self, client):
-            self.client = client
-
-        def read_task_run(self, task_run_id):
-            run = self.client.read_task_run(task_run_id)
-            from prefect.states import Running
-
-            return run.model_copy(update={"state": Running()})
-
-        def __getattr__(self, name):
-            return getattr(self.client, name)
+    held = HeldReports(monkeypatch, ["Completed"])
+    ours, old_way = in_process_runs(2)
+    for future in (ours, old_way):
+        assert future.result() is not None  # the engines did complete them
+        api_poll(future.task_run_id, lambda s: s is not None and s.is_running())
 
     local = outcomes.crashed_state("worker died", RuntimeError("worker died"))
     with get_client(sync_client=True) as client:
-        kept = outcomes.settle(LateEngineReport(client), fine.task_run_id, local)
-        assert kept.is_completed() and kept.id == completed.id
-        assert outcomes.settle(client, fine.task_run_id, local).is_completed()
-    assert api_state(fine.task_run_id).id == completed.id
+        reported = outcomes.settle(client, ours.task_run_id, local)
+        client.set_task_run_state(old_way.task_run_id, outcomes.crashed_state("worker died", None), force=False)
+    assert reported.is_crashed() and api_state(ours.task_run_id).id == reported.id
+
+    (engine_ours,) = held.send(ours.task_run_id)
+    (engine_old,) = held.send(old_way.task_run_id)
+    state = api_poll(ours.task_run_id, lambda s: s is not None and s.id == engine_ours)
+    assert state.is_completed()
+    recorded(old_way.task_run_id, engine_old)
+    assert api_state(old_way.task_run_id).is_crashed()  # the old way: the engine's report discarded
+
+
+def test_an_engine_report_recorded_between_the_shims_read_and_its_report_wins(monkeypatch):
+    """The shim read Running; the engine's Completed is recorded next; the shim's
+    report (sent after) is older and discarded: the run and the future's
+    outcome are the engine's."""
+    from prefect.client.orchestration import get_client
+
+    from prefect_future_anchor import outcomes
+
+    held = HeldReports(monkeypatch, ["Completed"])
+    (run,) = in_process_runs(1)
+    api_poll(run.task_run_id, lambda s: s is not None and s.is_running())
+    report = outcomes.Report(run.task_run_id, "parent", None, outcomes.crashed_state("worker died", None))
+    with get_client(sync_client=True) as client:
+        report.step(client, time.monotonic())
+        assert report.outgoing is not None and report.outcome is None  # it read Running
+        (engine,) = held.send(run.task_run_id)
+        api_poll(run.task_run_id, lambda s: s is not None and s.id == engine)
+        outcomes._send([report.outgoing], 30)
+        recorded(run.task_run_id, report.proposal.id)
+        report.step(client, time.monotonic())
+    assert report.outcome[0] == outcomes.ENGINE and report.outcome[1].id == engine
+    assert api_state(run.task_run_id).id == engine
+
+
+def test_a_run_not_recorded_yet_is_looked_for_again(monkeypatch):
+    """A 404 may mean "not recorded yet": the engine's reports of a run whose
+    worker died reach the recorder after the shim's first read.  The shim reads
+    again and reports it Crashed.  Control, same test: a second run, its first
+    reports as late and nobody reading again, stays Running (what a report that
+    gave up at the first 404 left)."""
+    from prefect.client.orchestration import get_client
+
+    from prefect_future_anchor import outcomes
+
+    held = HeldReports(monkeypatch, ["Pending", "Running", "Completed"])
+    ours, control = in_process_runs(2)
+    statuses: List[Any] = []
+    original = httpx.Client.send
+
+    def send(client, request, *a, **k):
+        response = original(client, request, *a, **k)
+        if request.url.path.endswith(str(ours.task_run_id)):
+            statuses.append(response.status_code)
+        return response
+
+    monkeypatch.setattr(httpx.Client, "send", send)
+    import threading
+
+    result: List[Any] = []
+    local = outcomes.crashed_state("worker died", RuntimeError("worker died"))
+
+    def settle():
+        with get_client(sync_client=True) as client:
+            result.append(outcomes.settle(client, ours.task_run_id, local))
+
+    settling = threading.Thread(target=settle)
+    settling.start()
+    deadline = time.monotonic() + 60
+    while 404 not in statuses and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 404 in statuses  # the shim read the run before the recorder had it
+    held.send(ours.task_run_id, "Pending", "Running")  # its Completed died with the worker
+    held.send(control.task_run_id, "Pending", "Running")
+    settling.join(120)
+    assert result and result[0] is not None and result[0].is_crashed(), result
+    assert api_state(ours.task_run_id).is_crashed()
+    api_poll(control.task_run_id, lambda s: s is not None and s.is_running())
 
 
 # -- runs the shim cancels at exit -----------------------------------------------------
@@ -264,27 +409,21 @@ def test_runs_cancelled_at_exit_end_cancelled(kind, runner_of, shim, release, op
     [("raises", None, "ended Failed"), ("times out", 4, "ended TimedOut"), ("interrupted", None, "interrupted (KeyboardInterrupt)")],
 )
 def test_exceptional_exit_cancels_at_once(dask_pair, shim, release, records, how, timeout, ended):
-    """A flow that fails, times out or is interrupted gives control back no later
-    than stock (the default on_exit='wait' does not wait then), and its unresolved
-    run ends Cancelled, named in one log line."""
-    started = time.monotonic()
+    """A flow that fails, times out or is interrupted does not wait for its
+    unresolved run (the default on_exit='wait' does not apply then): the run,
+    which blocks until the test ends, ends Cancelled, named in one log line.
+    (How long the exit takes beside stock: benchmarks.)"""
     (slow,) = run_left_running(dask_runner(dask_pair), release, how, timeout)
-    stock_seconds = time.monotonic() - started
     assert api_state(slow.task_run_id).is_running()  # stock: left Running
 
     shim()
     records.records.clear()
-    started = time.monotonic()
     (slow,) = run_left_running(dask_runner(dask_pair), release, how, timeout)
-    shim_seconds = time.monotonic() - started
     state = api_state(slow.task_run_id)
     assert state.is_cancelled(), state
     assert ended in state.message
     lines = records.messages(containing="prefect-future-anchor: cancelled")
     assert len(lines) == 1 and str(slow.task_run_id) in lines[0] and ended in lines[0]
-    # The run blocks for up to 120 s: waiting for it would take that long.  The margin
-    # is for a few API calls and a loaded machine, not for the run.
-    assert shim_seconds < max(2 * stock_seconds, stock_seconds + 20), (stock_seconds, shim_seconds)
 
 
 # -- a flow process told to stop (Prefect's termination signal) ------------------------
@@ -338,10 +477,9 @@ def run_sigtermed(address: str, path: str, tmp_path, shimmed: bool):
         else:
             raise AssertionError(f"the flow process ended before its run started: {line}")
         wait_running(task_run_id)
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=180)[0]
-        return task_run_id, time.monotonic() - started, output
+        return task_run_id, output
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -350,12 +488,11 @@ def run_sigtermed(address: str, path: str, tmp_path, shimmed: bool):
 
 def test_sigterm_cancels_at_once(dask_pair, release, tmp_path):
     """Prefect's termination signal (a worker cancelling its flow run): the flow
-    process ends no later than stock, and its unresolved run ends Cancelled."""
-    stock_run, stock_seconds, _ = run_sigtermed(dask_pair, release, tmp_path, shimmed=False)
+    process does not wait for its unresolved run, which ends Cancelled."""
+    stock_run, _ = run_sigtermed(dask_pair, release, tmp_path, shimmed=False)
     assert api_state(stock_run).is_running()  # stock: left Running
 
-    run, seconds, output = run_sigtermed(dask_pair, release, tmp_path, shimmed=True)
+    run, output = run_sigtermed(dask_pair, release, tmp_path, shimmed=True)
     state = api_state(run)
     assert state.is_cancelled(), (state, output[-3000:])
     assert "interrupted (TerminationSignal)" in state.message
-    assert seconds < max(2 * stock_seconds, stock_seconds + 20), (stock_seconds, seconds)
