@@ -49,14 +49,16 @@ _IDLE_SERVICES = (
 
 
 @contextlib.contextmanager
-def prefect_server(startup_timeout: float = 180, home: "str | None" = None) -> Iterator[str]:
+def prefect_server(startup_timeout: float = 180, home: "str | None" = None, port: "int | None" = None) -> Iterator[str]:
     """A throw-away ``prefect server start`` on loopback, stopped by its handle.
 
     Exports ``PREFECT_API_URL`` so that Dask and Ray workers started afterwards
     report to it (older prefect-ray workers otherwise start servers of their own).
+    ``home`` and ``port`` of a server stopped before start it again on the same
+    address and database (the API-outage tests).
     """
     home = home or tempfile.mkdtemp(prefix="pfa-prefect-home-")
-    port = free_port()
+    port = port or free_port()
     env = dict(
         os.environ,
         PREFECT_HOME=home,
