@@ -14,10 +14,11 @@ result nobody asks for.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import sys
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from . import guard, ray_errors
 from .patches import FinalStates, Patch, Track
@@ -80,11 +81,15 @@ class RayRuntime(Runtime):
             return None
         return error
 
-    def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
-        """Stop the watchers before the stock exit (which may ``ray.shutdown()``) and make
-        no Ray call while it runs; if Ray went down with it, nothing still watched can
-        become ready: those runs (of any runner of that Ray session) are let go."""
-        watchers = [w for w in (self.watcher, self._client_watcher) if w is not None]
+    def _watchers(self) -> List[Watcher]:
+        return [w for w in (self.watcher, self._client_watcher) if w is not None]
+
+    def shutdown_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """``ray.shutdown()``, whoever calls it (the runner's exit, the user's flow,
+        Ray's own atexit hook): no watcher's Ray call races the teardown (one
+        aborted the driver), and the refs still watched, which can never become
+        ready now, are let go at once: their runs end as stock leaves them."""
+        watchers = self._watchers()
         for watcher in watchers:
             watcher.pause()
         _shutting_down.set()
@@ -93,16 +98,42 @@ class RayRuntime(Runtime):
         finally:
             _shutting_down.clear()
             try:
-                ray = sys.modules.get("ray")
-                if ray is None or not ray.is_initialized():
-                    for watcher in watchers:
-                        for on_lost in watcher.abandon():
-                            on_lost()
-            except Exception as exc:  # pragma: no cover - defensive
-                guard.failed("ray.let-go", exc)
+                self._let_go_of_session(watchers)
             finally:
                 for watcher in watchers:
                     watcher.resume()
+
+    def _let_go_of_session(self, watchers: List[Watcher]) -> None:
+        try:
+            ray = sys.modules.get("ray")
+            if ray is None or not ray.is_initialized():
+                for watcher in watchers:
+                    for on_lost in watcher.abandon():
+                        on_lost()
+        except Exception as exc:  # pragma: no cover - defensive
+            guard.failed("ray.let-go", exc)
+
+    def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
+        """The stock exit with the watchers stopped (it may shut Ray down); the runs of
+        other runners are let go only if Ray really went down (prefect-ray 0.5.0+ shuts
+        down only a Ray it started)."""
+        watchers = self._watchers()
+        for watcher in watchers:
+            watcher.pause()
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            try:
+                self._let_go_of_session(watchers)
+            finally:
+                for watcher in watchers:
+                    watcher.resume()
+
+    def pause_at_exit(self) -> None:
+        """Registered with atexit after Ray's own hook, so it runs first: stop the
+        watchers before the interpreter's ``ray.shutdown()``."""
+        for watcher in self._watchers():
+            watcher.pause(timeout=5)
 
 
 def client_problem() -> Optional[str]:
@@ -119,6 +150,8 @@ def client_problem() -> Optional[str]:
 
 
 class RayTrack(Track):
+    """Also wraps ``ray.shutdown`` (see :meth:`RayRuntime.shutdown_wrapper`)."""
+
     def problem(self, module: Any) -> Optional[str]:
         problem = super().problem(module)
         if problem is not None:
@@ -131,7 +164,19 @@ class RayTrack(Track):
             return f"ray.wait cannot be inspected ({exc})"
         if "fetch_local" not in wait_parameters:
             return "ray.wait has no fetch_local parameter (completion would fetch results)"
+        if not callable(getattr(ray, "shutdown", None)) or not callable(getattr(ray, "is_initialized", None)):
+            return "ray has no shutdown / is_initialized"
         return None
+
+    def wrap(self, module: Any) -> None:
+        super().wrap(module)
+        self.wrap_method(sys.modules["ray"], "shutdown", runtime.shutdown_wrapper)
+        atexit.register(runtime.pause_at_exit)
+
+    def switch(self, on: bool) -> None:
+        super().switch(on)
+        if not on:
+            atexit.unregister(runtime.pause_at_exit)
 
 
 class RayFinalStates(FinalStates):

@@ -14,7 +14,7 @@ import logging
 import pytest
 
 import prefect_future_anchor
-from conftest import runners_available, stock_warns
+from conftest import client_races, finished_warns, runners_available, stock_warns
 import flows
 from flows import VARIANTS, run_orphan, run_seed
 
@@ -74,7 +74,8 @@ def test_every_variant_stock_control_then_each_on_exit_mode(kind, make_runner, g
     """Nested collections, wait_for, map/unmapped, diamond, a 15-deep chain and async
     tasks, each in one flow run: stock first (the control: each variant warns where the
     release is affected), then shimmed with on_exit='wait' and with on_exit='ignore',
-    where no variant warns and every result is right."""
+    where no variant warns and every result is right (on_exit='cancel' too: nothing
+    the variants wait for is unresolved at exit, so nothing is cancelled)."""
     skip = skipped_variants(kind)
     stock = flows.run_every_variant(make_runner(kind), gc_warnings, skip)
     assert set(stock) == set(VARIANTS) - set(skip)
@@ -84,9 +85,9 @@ def test_every_variant_stock_control_then_each_on_exit_mode(kind, make_runner, g
             assert warnings >= 1, f"stock {name} did not warn: the control does not show the bug"
         else:
             assert warnings == 0, name
-    assert settle(gc_warnings) >= 0
+    settle(gc_warnings)
 
-    for mode in ("wait", "ignore"):
+    for mode in ("wait", "cancel", "ignore"):
         gc_warnings.count = 0
         shim(on_exit=mode)
         shimmed = flows.run_every_variant(make_runner(kind), gc_warnings, skip)
@@ -97,7 +98,7 @@ def test_every_variant_stock_control_then_each_on_exit_mode(kind, make_runner, g
 
 
 @pytest.mark.parametrize("kind", RUNNERS)
-def test_completion_fetches_no_result_into_the_driver(kind, make_runner, shim):
+def test_completion_fetches_no_result_into_the_driver(kind, make_runner, shim, monkeypatch):
     """Knowing that a run finished must not pull its value into the flow's process:
     stock fetches a value only when user code asks for it.  (Ray's
     ``ObjectRef._on_completed`` fetches it, and prefect-ray 0.4.0-0.4.4's
@@ -107,6 +108,27 @@ def test_completion_fetches_no_result_into_the_driver(kind, make_runner, shim):
         shim(on_exit=mode)
         assert flows.run_fetch_probe(make_runner(kind)) == 0, mode
         assert prefect_future_anchor.wait_released(60)
+    # The positive control: a completion callback that does fetch is counted.
+    monkeypatch.setattr(_runtime(kind), "when_done", _fetching_when_done(kind))
+    assert flows.run_fetch_probe(make_runner(kind)) >= 1
+    assert prefect_future_anchor.wait_released(60)
+
+
+def _runtime(kind):
+    from prefect_future_anchor import dask_runner, ray_runner
+
+    return {"dask": dask_runner.runtime, "ray": ray_runner.runtime}[kind]
+
+
+def _fetching_when_done(kind):
+    """What the shim must not do: fetch the value once the run is done (Dask:
+    ``result()``; Ray: ``ray.get``, as ``ObjectRef._on_completed`` would)."""
+    if kind == "dask":
+        return lambda raw, on_done, on_lost: raw.add_done_callback(lambda f: (f.result(), on_done()))
+    import ray
+
+    watcher = _runtime("ray").watcher
+    return lambda raw, on_done, on_lost: watcher.watch(raw, lambda: (ray.get(raw), on_done()), on_lost)
 
 
 @pytest.mark.parametrize("kind", RUNNERS)
@@ -157,8 +179,8 @@ def test_futures_anchored_before_uninstall_still_release(kind, make_runner, gc_w
     runner = make_runner(kind)
     report = shim(on_exit="ignore")
     assert flows.run_uninstall_mid_flow(runner) == (True, 2)
-    expected = 1 if kind == "ray" and report.patch("ray.ready-del").state == "applied" else 0
-    assert settle(gc_warnings) == expected
+    assert report.installed
+    assert settle(gc_warnings) == (1 if finished_warns(kind) else 0)
     assert not prefect_future_anchor.is_installed()
 
 
@@ -187,7 +209,9 @@ def _raise(*args, **kwargs):
     raise RuntimeError("shim bug")
 
 
-FAILURES = [("dask", _break_hold), ("ray", _break_hold), ("dask", _break_client_once), ("ray", _break_ray_watcher)]
+FAILURES = [("dask", _break_hold), ("ray", _break_hold), ("ray", _break_ray_watcher)]
+if client_races():  # the row's stock client races: dask.client-once applies there only
+    FAILURES.append(("dask", _break_client_once))
 
 
 @pytest.mark.parametrize(

@@ -90,9 +90,8 @@ def test_report_matches_release_table():
     for patch in releases.PATCHES:
         status = report.patch(patch.name)
         assert status.state == ("applied" if patch.name in expected else "skipped"), status
-    assert prefect_future_anchor.status().to_dict() == report.to_dict()
-    json.loads(report.to_json())
-    assert "dask.track" in str(report)
+    assert json.loads(report.to_json())["patches"][0]["state"] == report.patches[0].state
+    assert all(f"{status.name}  " in str(report) for status in report.patches)
 
 
 def test_uninstall_restores_exact_originals_and_is_idempotent():
