@@ -22,7 +22,6 @@ and applying patches is not done here.
 from __future__ import annotations
 
 import contextvars
-import time
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import anchor, drain, guard, outcomes
@@ -179,11 +178,8 @@ class Runtime:
     def _settle(self, cancelled: Cancelled, reason: str) -> None:
         if not self.final_states:
             return
-        deadline = time.monotonic() + outcomes.REPORT_TIMEOUT
         try:
-            if cancelled:
-                outcomes.report_cancelled(cancelled, reason, deadline)
-            outcomes.reporter.flush(max(0.0, deadline - time.monotonic()))
+            outcomes.settle_at_exit(cancelled, reason)
         except Exception as exc:
             guard.failed(f"{self.name}.final-states", exc)
 
