@@ -1,0 +1,229 @@
+"""Flows at the size users run, on Dask and on Ray, stock vs patched (issue 18 §2).
+
+Each flow is the seed flow of upstream issue 17517 at scale: ``runs // 2`` x
+``task2.submit(task1.submit())``, the parent's future dropped, every child waited
+for and its result checked.  Figures per flow: wall time of the flow call and the
+CPU of the flow's process (every thread: Prefect's, the Dask client's or Ray
+driver's, the shim's), stock and patched.  The Dask cluster (one worker process,
+two threads) or the Ray head (two CPUs) is started once, outside every figure;
+each flow's runner connects to it, as production flows do.
+
+Two ways to pair the sides, both on the same cluster and Prefect server:
+- ``alternate``: every flow in this one process, the order swapped every pair;
+- ``fresh``: every flow in a fresh interpreter (after an unmeasured warm-up flow
+  of 20 runs in it), the order swapped every pair.
+``--mode both`` runs the two at one size and prints the spread of their per-pair
+ratios, the way to choose between them.  The Prefect server is SQLite-backed, or
+PostgreSQL-backed with ``PFA_PREFECT_DB=postgres`` (``services.postgres``).
+
+    python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
+    python benchmarks/flow_scale.py                          # 2,000 runs a flow, one pair per runner
+    python benchmarks/flow_scale.py --runner ray --runs 1000 --pairs 1
+    python benchmarks/flow_scale.py --mode both --runs 200 --pairs 4 --runner dask
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import services  # noqa: E402  (sets the environment before prefect is imported)
+
+GOAL = 1.02
+WARM_UP_RUNS = 20
+SIDES = ("stock", "patched")
+NAMES = {"dask": "Dask (1 worker process x 2 threads)", "ray": "Ray (local head, 2 CPUs)"}
+
+
+@functools.lru_cache(maxsize=None)
+def _seed_tasks():
+    """``task1``, ``task2`` of the seed, no cache key and no result storage: the figure is the runner's."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(name="task1", cache_policy=NO_CACHE, persist_result=False)
+    def task1():
+        return 42
+
+    @task(name="task2", cache_policy=NO_CACHE, persist_result=False)
+    def task2(x):
+        return x * 2
+
+    return task1, task2
+
+
+def seed_pairs(pairs: int) -> int:
+    """The flow's body: the seed's pattern ``pairs`` times, only the children kept."""
+    from prefect.futures import wait
+
+    task1, task2 = _seed_tasks()
+    children = [task2.submit(task1.submit()) for _ in range(pairs)]
+    wait(children)
+    return sum(child.result() for child in children)
+
+
+def _runner(kind: str, address: str):
+    if kind == "ray":
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=address)
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=address)
+
+
+def _switch(kind: str, side: str) -> None:
+    import prefect_future_anchor
+
+    if side == "patched":
+        report = prefect_future_anchor.install()
+        if f"{kind}.track" not in report.applied:
+            raise RuntimeError(f"the shim did not patch {kind}: {report}")
+    else:
+        prefect_future_anchor.uninstall()
+
+
+def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
+    """One flow of ``runs`` task runs on the given side; its wall time and this process's CPU."""
+    import prefect_future_anchor
+    from prefect import flow
+
+    from prefect_future_anchor.demo import counting_gc_warnings
+
+    _switch(kind, side)
+    try:
+        body = flow(seed_pairs, name=f"flow-scale-{kind}-{side}", task_runner=_runner(kind, address), log_prints=False)
+        load = os.getloadavg()[0]
+        with counting_gc_warnings() as warnings:
+            cpu, wall = time.process_time(), time.perf_counter()
+            result = body(runs // 2)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if result != 84 * (runs // 2):
+            raise RuntimeError(f"{kind} {side} flow returned {result}")
+    finally:
+        prefect_future_anchor.uninstall()
+    return {"wall": wall, "cpu": cpu, "warnings": warnings.count, "load_start": load, "load_end": os.getloadavg()[0]}
+
+
+def _fresh_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__)), "--side", kind, side, str(runs), address],
+        capture_output=True, text=True, timeout=4 * 3600, env=dict(os.environ),
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} {side} flow (fresh process) failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def cluster(kind: str) -> Iterator[str]:
+    if kind == "ray":
+        with services.ray_head(num_cpus=2, pythonpath=str(HERE)) as address:
+            yield address
+    else:
+        with services.dask_cluster(n_workers=1, threads_per_worker=2) as address:
+            yield address
+
+
+def measure(kind: str, runs: int, pairs: int, mode: str, address: str) -> Dict[str, List[Dict[str, float]]]:
+    """``pairs`` stock/patched pairs, the order swapped every pair; the samples of each side."""
+    samples: Dict[str, List[Dict[str, float]]] = {side: [] for side in SIDES}
+    if mode == "alternate":
+        for side in SIDES:
+            one_flow(kind, side, WARM_UP_RUNS, address)
+    for pair in range(pairs):
+        for side in SIDES if pair % 2 == 0 else SIDES[::-1]:
+            sample = (one_flow if mode == "alternate" else _fresh_flow)(kind, side, runs, address)
+            samples[side].append(sample)
+            print(f"  {kind} {mode} pair {pair + 1}/{pairs} {side}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
+                  file=sys.stderr, flush=True)
+    return samples
+
+
+def _spread(samples: Dict[str, List[Dict[str, float]]], key: str) -> str:
+    ratios = [p[key] / s[key] for s, p in zip(samples["stock"], samples["patched"])]
+    if len(ratios) < 2:
+        return f"pair ratio {ratios[0]:.3f}"
+    return (f"pair ratios {min(ratios):.3f}–{max(ratios):.3f} (median {statistics.median(ratios):.3f}, "
+            f"stdev {statistics.stdev(ratios):.3f})")
+
+
+def rows(kind: str, runs: int, pairs: int, mode: str = "alternate", address: str = ""):
+    """The rows of ``benchmarks/run.py``'s table (call inside ``services.prefect_server()``)."""
+    with contextlib.ExitStack() as stack:
+        address = address or stack.enter_context(cluster(kind))
+        samples = measure(kind, runs, pairs, mode, address)
+    how = "alternating in one process" if mode == "alternate" else "fresh processes, alternating"
+    loads = [s["load_start"] for side in SIDES for s in samples[side]] + [s["load_end"] for side in SIDES for s in samples[side]]
+    out = []
+    for key, what in (("wall", "wall"), ("cpu", "driver CPU, all threads")):
+        stock = statistics.median(s[key] for s in samples["stock"])
+        patched = statistics.median(s[key] for s in samples["patched"])
+        ratio = patched / stock
+        out.append((
+            f"flow of {runs:,} task runs ({runs // 2:,} seed pairs, parents dropped) on {NAMES[kind]}, {what} "
+            f"(median of {pairs} per side, {how}; {_spread(samples, key)}; load average {min(loads):.1f}–{max(loads):.1f}; "
+            f"{services.database()})",
+            f"{stock:.1f} s", f"{patched:.1f} s", f"{ratio:.3f}", f"≤ {GOAL}", ratio <= GOAL,
+        ))
+    warnings = {side: sum(s["warnings"] for s in samples[side]) for side in SIDES}
+    print(f"  {kind}: 'garbage collected' warnings stock {warnings['stock']}, patched {warnings['patched']}",
+          file=sys.stderr, flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 runs a flow, one pair per runner")
+    parser.add_argument("--runner", choices=("dask", "ray", "both"), default="both")
+    parser.add_argument("--runs", type=int, help="task runs per flow (default 2,000; --quick 100)")
+    parser.add_argument("--pairs", type=int, default=1, help="stock/patched pairs per runner")
+    parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="alternate")
+    args = parser.parse_args(argv)
+    runs = args.runs or (100 if args.quick else 2000)
+    kinds = ("dask", "ray") if args.runner == "both" else (args.runner,)
+    modes = ("alternate", "fresh") if args.mode == "both" else (args.mode,)
+    from importlib.metadata import version
+
+    releases = ", ".join(f"{d} {version(d)}" for d in ("prefect", "prefect-dask", "prefect-ray", "ray", "distributed"))
+    started, load = time.monotonic(), os.getloadavg()[0]
+    table = []
+    with services.prefect_server():
+        for kind in kinds:
+            with cluster(kind) as address:
+                for mode in modes:
+                    table += rows(kind, runs, pairs=args.pairs, mode=mode, address=address)
+                    print(f"[{time.monotonic() - started:6.0f} s] {table[-2:]}", file=sys.stderr, flush=True)
+    print()
+    print(f"python benchmarks/flow_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}: "
+          f"{time.monotonic() - started:.0f} s, load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+          f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; {releases}; Prefect server on {services.database()}")
+    print()
+    print("| benchmark | stock | patched | ratio | goal | met? |")
+    print("|---|---|---|---|---|---|")
+    for name, stock, patched, ratio, goal, met in table:
+        print(f"| {name} | {stock} | {patched} | {ratio} | {goal} | {'yes' if met else 'no'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    import flow_scale  # as an importable module: the tasks travel to the workers by reference
+
+    if sys.argv[1:2] == ["--side"]:
+        kind, side, runs, address = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+        flow_scale.one_flow(kind, side, WARM_UP_RUNS, address)
+        print(json.dumps(flow_scale.one_flow(kind, side, runs, address)))
+    else:
+        sys.exit(flow_scale.main())
