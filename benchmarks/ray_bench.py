@@ -124,7 +124,7 @@ def watcher_rows(seconds: float, releases: int):
         # idle: nothing pending -> the thread sleeps on a condition
         first = quick.remote(0)
         done = threading.Event()
-        watcher.watch(first, done.set)
+        watcher.watch(first, done.set, lambda: None)
         assert done.wait(60)
         native = watcher._thread.native_id if watcher._thread else None
         cpu0 = _thread_cpu(native) if native else 0.0
@@ -134,7 +134,7 @@ def watcher_rows(seconds: float, releases: int):
         # 2,000 runs pending for the whole interval
         pending = [never.remote() for _ in range(2000)]
         for ref in pending:
-            watcher.watch(ref, lambda: None)
+            watcher.watch(ref, lambda: None, lambda: None)
         rounds0 = watcher.rounds
         cpu0 = _thread_cpu(watcher._thread.native_id)
         time.sleep(seconds)
@@ -147,7 +147,7 @@ def watcher_rows(seconds: float, releases: int):
             ref = quick.remote(i)
             released = threading.Event()
             stamp = {}
-            watcher.watch(ref, lambda: (stamp.setdefault("released", time.perf_counter()), released.set()))
+            watcher.watch(ref, lambda: (stamp.setdefault("released", time.perf_counter()), released.set()), lambda: None)
             ray.wait([ref], num_returns=1, timeout=60, fetch_local=False)
             seen = time.perf_counter()
             assert released.wait(60)
