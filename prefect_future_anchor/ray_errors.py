@@ -18,6 +18,12 @@ object larger than 100 KiB that lives only on another node, and an object lost
 before Ray tried to recover it, read as "no error" (the run is then left as
 stock leaves it).
 
+Under Ray Client the driver has no core worker (``'Worker' object has no
+attribute 'core_worker'``): the same reader runs inside the cluster, in the
+probe actor of :mod:`prefect_future_anchor.ray_client`, which borrows the refs
+it watches (a borrower's in-memory store holds a small value or error once the
+ref is ready, and an ``OBJECT_IN_PLASMA`` marker for a large one).
+
 Private Ray API (checked by :func:`shape_problem`): ``CoreWorker.object_exists``,
 ``CoreWorker.get_objects`` (Ray <= 2.41 takes a ``current_task_id`` too),
 ``Worker.deserialize_objects``.
@@ -32,67 +38,86 @@ _OBJECT_IN_PLASMA = 4  # a marker in the in-memory store, never a final value
 _TASK_EXECUTION_EXCEPTION = 3
 
 
-def _get_objects(core_worker: Any) -> Callable[[List[Any], int], List[Any]]:
-    get_objects = core_worker.get_objects
-    first_line = ((getattr(type(core_worker).get_objects, "__doc__", None) or "").splitlines() or [""])[0]
-    if "current_task_id" in first_line:  # Ray <= 2.41
-        task_id = core_worker.get_current_task_id()
-        return lambda refs, timeout_ms: get_objects(refs, task_id, timeout_ms)
-    return lambda refs, timeout_ms: get_objects(refs, timeout_ms)
+def _reader() -> Callable[[Any], Optional[BaseException]]:
+    """The metadata reader, self-contained (nothing of this package, only Ray and
+    builtins) so that cloudpickle ships it by value: under Ray Client it runs inside
+    the cluster (:mod:`prefect_future_anchor.ray_client`), whose workers need not
+    have this package installed."""
+    in_plasma, task_exception = _OBJECT_IN_PLASMA, _TASK_EXECUTION_EXCEPTION
+
+    def get_objects(core_worker: Any) -> Callable[[List[Any], int], List[Any]]:
+        get = core_worker.get_objects
+        first_line = ((getattr(type(core_worker).get_objects, "__doc__", None) or "").splitlines() or [""])[0]
+        if "current_task_id" in first_line:  # Ray <= 2.41
+            task_id = core_worker.get_current_task_id()
+            return lambda refs, timeout_ms: get(refs, task_id, timeout_ms)
+        return lambda refs, timeout_ms: get(refs, timeout_ms)
+
+    def error_type_of(metadata: Any) -> Optional[int]:
+        if not metadata:
+            return None
+        head = bytes(metadata).split(b",", 1)[0]
+        return int(head) if head.isdigit() else None
+
+    def message_of(worker: Any, data: Any, metadata: Any, error_type: int) -> str:
+        if error_type == task_exception or not data:
+            return ""
+        try:
+            info = worker.get_serialization_context()._deserialize_error_info(data, bytes(metadata).split(b","))
+            return str(info.error_message or "")
+        except Exception:
+            return ""
+
+    def read(ref: Any) -> Optional[BaseException]:
+        from ray._private import worker as worker_module
+
+        worker: Any = worker_module.global_worker
+        core_worker = worker.core_worker
+        if not core_worker.object_exists(ref, memory_store_only=True) and not core_worker.object_exists(ref):
+            return None  # on another node, or spilled: not pulled here
+        entries = get_objects(core_worker)([ref], 0)
+        entry = entries[0]
+        data, metadata = entry[0], entry[1]
+        error_type = error_type_of(metadata)
+        if error_type is None or error_type == in_plasma:
+            del data, entry, entries  # a value: let go of the (zero-copy) buffer now
+            return None
+        message = message_of(worker, data, metadata, error_type)
+        try:
+            error = worker.deserialize_objects([entry], [ref])[0]
+        except Exception as exc:
+            error, message = None, message or repr(exc)
+        if isinstance(error, BaseException):
+            if message and message not in str(error):
+                try:  # the worker / node ids Ray gives for this error
+                    error.__notes__ = list(getattr(error, "__notes__", None) or ()) + [message]
+                except Exception:
+                    pass
+            return error
+        try:
+            from ray.core.generated.common_pb2 import ErrorType
+
+            name = ErrorType.Name(error_type)
+        except Exception:
+            name = f"Ray ErrorType {error_type}"
+        return RuntimeError(f"{name}: {message}" if message else name)
+
+    return read
 
 
-def _error_type(metadata: Any) -> Optional[int]:
-    if not metadata:
-        return None
-    head = bytes(metadata).split(b",", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def _message(worker: Any, data: Any, metadata: Any, error_type: int) -> str:
-    if error_type == _TASK_EXECUTION_EXCEPTION or not data:
-        return ""
-    try:
-        info = worker.get_serialization_context()._deserialize_error_info(data, bytes(metadata).split(b","))
-        return str(info.error_message or "")
-    except Exception:
-        return ""
+#: reads a ref of this process's own core worker (a driver, or a worker inside the cluster)
+read = _reader()
 
 
 def failure(ref: Any) -> Optional[BaseException]:
     """The Ray error a ready ref holds, or None if it holds a value (or an error
-    this node cannot see without fetching)."""
-    from ray._private import worker as worker_module
+    this node cannot see without fetching).  Under Ray Client this process has no
+    core worker: the cluster-side reader's verdict is asked for instead."""
+    from . import ray_client
 
-    worker: Any = worker_module.global_worker
-    core_worker = worker.core_worker
-    if not core_worker.object_exists(ref, memory_store_only=True) and not core_worker.object_exists(ref):
-        return None  # on another node, or spilled: not pulled here
-    entries = _get_objects(core_worker)([ref], 0)
-    entry = entries[0]
-    data, metadata = entry[0], entry[1]
-    error_type = _error_type(metadata)
-    if error_type is None or error_type == _OBJECT_IN_PLASMA:
-        del data, entry, entries  # a value: let go of the (zero-copy) buffer now
-        return None
-    message = _message(worker, data, metadata, error_type)
-    try:
-        error = worker.deserialize_objects([entry], [ref])[0]
-    except Exception as exc:
-        error, message = None, message or repr(exc)
-    if isinstance(error, BaseException):
-        if message and message not in str(error):
-            try:  # the worker / node ids Ray gives for this error
-                error.__notes__ = list(getattr(error, "__notes__", None) or ()) + [message]
-            except Exception:
-                pass
-        return error
-    try:
-        from ray.core.generated.common_pb2 import ErrorType
-
-        name = ErrorType.Name(error_type)
-    except Exception:
-        name = f"Ray ErrorType {error_type}"
-    return RuntimeError(f"{name}: {message}" if message else name)
+    if ray_client.connected():
+        return ray_client.failure(ref)
+    return read(ref)
 
 
 def cancelled(error: BaseException) -> bool:
