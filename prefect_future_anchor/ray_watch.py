@@ -47,7 +47,18 @@ def _ray() -> Any:
 
 def ray_wait_probe(refs: List[Any], timeout: float) -> List[Any]:
     """The refs of ``refs`` that are ready, fetching none of them."""
-    return _ray().wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)[0]
+    return _wait()(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)[0]
+
+
+def _wait() -> Callable[..., Any]:
+    """``ray.wait`` without Ray's auto-init wrapper (``ray._private.auto_init_hook``)
+    when it has that shape: a wait that loses a race with ``ray.shutdown()`` then
+    raises instead of starting a new Ray."""
+    wait = _ray().wait
+    inner = getattr(wait, "__wrapped__", None)
+    if callable(inner) and getattr(getattr(wait, "__code__", None), "co_name", "") == "auto_init_wrapper":
+        return inner
+    return wait
 
 
 def _shutdown_lock() -> Any:
