@@ -102,9 +102,10 @@ def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
 
     from prefect_future_anchor.demo import counting_gc_warnings
 
+    runner = _runner(kind, address)  # imports the runner's module: the shim patches what is imported
     _switch(kind, side)
     try:
-        body = flow(seed_pairs, name=f"flow-scale-{kind}-{side}", task_runner=_runner(kind, address), log_prints=False)
+        body = flow(seed_pairs, name=f"flow-scale-{kind}-{side}", task_runner=runner, log_prints=False)
         load = os.getloadavg()[0]
         with counting_gc_warnings() as warnings:
             cpu, wall = time.process_time(), time.perf_counter()

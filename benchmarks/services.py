@@ -179,20 +179,30 @@ def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None) -> Iterator[st
     from prefect_future_anchor.server import free_port
 
     ray_bin = Path(sys.executable).with_name("ray")
-    temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
-    log = Path(temp_dir) / "head.log"
-    port = free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env["RAY_raylet_start_wait_time_s"] = str(int(START_TIMEOUT * 0.8))  # the head gives up before _ready does
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))
-    argv = [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-            f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-            *(f"--{name}={free_port()}" for name in RAY_PORTS)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+    for attempt in (1, 2):  # on a loaded 2-core machine a raylet now and then never registers
+        temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
+        log = Path(temp_dir) / "head.log"
+        port = free_port()
+        argv = [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
+                f"--temp-dir={temp_dir}", *(f"--{name}={free_port()}" for name in RAY_PORTS)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
+        try:
+            _ready(lambda: re.search(rb"Ray runtime started", log.read_bytes()), proc, log, "ray head")
+            break
+        except RuntimeError as exc:
+            _stop_group(proc)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            if attempt == 2:
+                raise
+            print(f"ray head attempt {attempt} failed, starting another: {str(exc)[:300]}", file=sys.stderr)
     try:
-        _ready(lambda: re.search(rb"Ray runtime started", log.read_bytes()), proc, log, "ray head")
         yield f"127.0.0.1:{port}"
     finally:
         _stop_group(proc)
