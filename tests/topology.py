@@ -15,10 +15,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Iterator, List
 
 from conftest import RAY_ISOLATION, RAY_PORTS, RAY_START_TIMEOUT, ROOT, _kill_group, _raylet_logs, _wait_until
 from prefect_future_anchor.server import _die_with_parent, free_port
+
+#: Attempts at starting a node: Ray 2.59 gives a raylet 30 s (hard-coded in node.py) to
+#: register with its GCS, and on this 2-core machine at load 20 one often does not.
+START_ATTEMPTS = 3
 
 #: The custom resource only the second node has: a run that asks for it runs there.
 SECOND = "second"
@@ -48,21 +52,28 @@ def _ray_start(log: Path, temp_dir: str, argv: List[str]) -> "subprocess.Popen":
 
 
 class Node:
-    """One ``ray start --block`` process group and its temp dir."""
+    """One ``ray start --block`` process group and its temp dir.  ``argv()`` gives the
+    arguments with fresh ports: another attempt (:data:`START_ATTEMPTS`) gets
+    new ones, as a raylet that never registered on a loaded machine may not again."""
 
-    def __init__(self, log_dir: Path, name: str, argv: List[str]) -> None:
-        self.log = log_dir / f"{name}.log"
-        self.temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
-        self.proc = _ray_start(self.log, self.temp_dir, argv)
-        try:
-            _wait_until(
-                lambda: re.search(rb"Ray runtime started", self.log.read_bytes()),
-                RAY_START_TIMEOUT, f"ray {name}", self.proc, self.log,
-            )
-        except RuntimeError as exc:
-            raylet = _raylet_logs(self.temp_dir)
-            self.stop()
-            raise RuntimeError(f"{exc}\n{raylet}") from None
+    def __init__(self, log_dir: Path, name: str, argv: Callable[[], List[str]]) -> None:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.log = log_dir / f"{name}-{attempt}.log"
+            self.temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
+            self.args = argv()
+            self.proc = _ray_start(self.log, self.temp_dir, self.args)
+            try:
+                _wait_until(
+                    lambda: re.search(rb"Ray runtime started", self.log.read_bytes()),
+                    RAY_START_TIMEOUT, f"ray {name}", self.proc, self.log,
+                )
+                return
+            except RuntimeError as exc:
+                raylet = _raylet_logs(self.temp_dir)
+                self.stop()
+                if attempt == START_ATTEMPTS:
+                    raise RuntimeError(f"{exc}\n{raylet}") from None
+                sys.stderr.write(f"ray {name} attempt {attempt} failed, starting another:\n{exc}\n{raylet}\n")
 
     def kill(self) -> None:
         """The node dies at once (SIGKILL to its whole process group: raylet, workers)."""
@@ -80,24 +91,24 @@ class RayCluster:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        port = free_port()
-        self.client_port = free_port()
-        self.address = f"127.0.0.1:{port}"
-        self.client_address = f"ray://127.0.0.1:{self.client_port}"
-        ports = [f"--{name}={free_port()}" for name in RAY_PORTS if name != "ray-client-server-port"]
-        self.head = Node(
-            log_dir, "head",
-            ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-             f"--ray-client-server-port={self.client_port}", *ports],
-        )
         self.nodes: List[Node] = []
+
+        def head() -> List[str]:
+            port, self.client_port = free_port(), free_port()
+            self.address = f"127.0.0.1:{port}"
+            self.client_address = f"ray://127.0.0.1:{self.client_port}"
+            ports = [f"--{name}={free_port()}" for name in RAY_PORTS if name != "ray-client-server-port"]
+            return ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    f"--ray-client-server-port={self.client_port}", *ports]
+
+        self.head = Node(log_dir, "head", head)
 
     def add_second_node(self) -> Node:
         """A node with no CPU and the ``second`` resource: only runs that ask for it land there."""
-        ports = [f"--{name}={free_port()}" for name in NODE_PORTS]
         node = Node(
             self.log_dir, f"second-{len(self.nodes)}",
-            [f"--address={self.address}", "--num-cpus=0", f"--resources={{\"{SECOND}\": 1}}", *ports],
+            lambda: [f"--address={self.address}", "--num-cpus=0", f"--resources={{\"{SECOND}\": 1}}",
+                     *(f"--{name}={free_port()}" for name in NODE_PORTS)],
         )
         self.nodes.append(node)
         return node
