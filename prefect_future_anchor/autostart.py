@@ -4,9 +4,10 @@ Deployments, workers and containers run flow code nobody can edit, so the shim
 is switchable from the environment, as with ``ddtrace-run``.  The .pth line
 shipped in the wheel runs :func:`start` at interpreter start-up: it imports
 nothing and only puts a finder on ``sys.meta_path``.  When the program first
-imports ``prefect_dask``, ``prefect_ray`` or ``prefect_future_anchor``, the
-finder runs :func:`post_import_spec` and, once that module has loaded,
-:func:`activate`, that is ``install()``.
+imports ``prefect`` (whose own ``ProcessPoolTaskRunner`` the shim patches too),
+``prefect_dask``, ``prefect_ray`` or ``prefect_future_anchor``, the finder runs
+:func:`post_import_spec` and, once that module has loaded, :func:`activate`,
+that is ``install()``.
 
 Python 3.15 (PEP 829) replaces ``import`` lines in ``.pth`` files by entry
 points in ``<name>.start`` files, and skips the import lines of a ``.pth``
@@ -80,7 +81,7 @@ def start(hook):
 
         class Finder:
             prefect_future_anchor_hook = hook
-            triggers = ("prefect_future_anchor", "prefect_dask", "prefect_ray") if on else ()
+            triggers = ("prefect_future_anchor", "prefect", "prefect_dask", "prefect_ray") if on else ()
             post_import_spec = None
             busy = set()  # threads inside find_spec: the finders asked below may ask all finders again
 
@@ -166,7 +167,7 @@ class _ActivateAfter:
         try:
             from prefect_future_anchor import autostart
 
-            autostart.activate(self.finder.prefect_future_anchor_hook)
+            autostart.activate(self.finder.prefect_future_anchor_hook, module)
         except Exception as error:
             sys.stderr.write(
                 "prefect-future-anchor: could not switch the shim on (%r); continuing with stock "
@@ -174,8 +175,13 @@ class _ActivateAfter:
             )
 
 
-def activate(hook):
-    """install() once; it reads PREFECT_FUTURE_ANCHOR_ON_EXIT / _DRAIN_TIMEOUT itself."""
+def activate(hook, module=None):
+    """install() once; it reads PREFECT_FUTURE_ANCHOR_ON_EXIT / _DRAIN_TIMEOUT itself.
+
+    ``module`` is the trigger module, executed but still flagged as importing:
+    when it is itself a patched module (``prefect``: its process pool) it is patched
+    here, as a post-import hook would, before the import returns to the program.
+    """
     global activated_by, activation
     with _lock:
         if activation is not None:
@@ -185,6 +191,8 @@ def activate(hook):
                 from prefect_future_anchor import lifecycle
 
                 lifecycle.install()
+                if module is not None:
+                    lifecycle._on_import(module)
             return
         activated_by = hook
         try:
@@ -192,6 +200,8 @@ def activate(hook):
 
             lifecycle.install()
             activation = "installed"
+            if module is not None:
+                lifecycle._on_import(module)
         except Exception as exc:
             activation = "failed: %r" % (exc,)
             raise

@@ -200,7 +200,7 @@ def update_readme(path: str) -> bool:
 
 
 # The patch objects, defined with their runners (imported last: they use the functions above).
-from . import dask_runner, ray_runner  # noqa: E402
+from . import dask_runner, process_pool, ray_runner  # noqa: E402
 
 PATCHES = (
     dask_runner.TRACK,
@@ -209,5 +209,7 @@ PATCHES = (
     ray_runner.FINAL_STATES,
     ray_runner.READY_DEL,
     dask_runner.CLIENT_ONCE,
+    process_pool.TRACK,
+    process_pool.FINAL_STATES,
 )
 PATCH_NAMES = tuple(p.name for p in PATCHES)
