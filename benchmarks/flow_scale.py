@@ -9,15 +9,20 @@ two threads) or the Ray head (two CPUs) is started once, outside every figure;
 each flow's runner connects to it, as production flows do.
 
 Two ways to pair the sides, both on the same cluster and Prefect server:
-- ``alternate``: every flow in this one process, the order swapped every pair;
-- ``fresh``: every flow in a fresh interpreter (after an unmeasured warm-up flow
-  of 20 runs in it), the order swapped every pair.
+- ``fresh`` (the default): every flow in a fresh interpreter (after an unmeasured
+  warm-up flow of 20 runs in it), the order swapped every pair;
+- ``alternate``: every flow in this one process, the order swapped every pair.
 ``--mode both`` runs the two at one size and prints the spread of their per-pair
-ratios, the way to choose between them.  The Prefect server is SQLite-backed, or
+ratios, the way to choose between them.  At 40 runs x 3 pairs (prefect 3.9.1,
+load average 14-27) fresh processes were the less noisy (pair-ratio stdev: wall
+0.125 vs 0.471, CPU 0.116 vs 0.178), and in one process every flow costs more
+driver CPU than the one before (4.4 -> 6.1 s per 40 runs, 3.4 s in a fresh
+process): a drift that an odd number of alternating pairs charges to one side.  The Prefect server is SQLite-backed, or
 PostgreSQL-backed with ``PFA_PREFECT_DB=postgres`` (``services.postgres``).
 
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
     python benchmarks/flow_scale.py                          # 2,000 runs a flow, one pair per runner
+    PFA_PREFECT_DB=postgres python benchmarks/flow_scale.py  # the server on a PostgreSQL of its own
     python benchmarks/flow_scale.py --runner ray --runs 1000 --pairs 1
     python benchmarks/flow_scale.py --mode both --runs 200 --pairs 4 --runner dask
 """
@@ -161,7 +166,7 @@ def _spread(samples: Dict[str, List[Dict[str, float]]], key: str) -> str:
             f"stdev {statistics.stdev(ratios):.3f})")
 
 
-def rows(kind: str, runs: int, pairs: int, mode: str = "alternate", address: str = ""):
+def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = ""):
     """The rows of ``benchmarks/run.py``'s table (call inside ``services.prefect_server()``)."""
     with contextlib.ExitStack() as stack:
         address = address or stack.enter_context(cluster(kind))
@@ -191,7 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runner", choices=("dask", "ray", "both"), default="both")
     parser.add_argument("--runs", type=int, help="task runs per flow (default 2,000; --quick 100)")
     parser.add_argument("--pairs", type=int, default=1, help="stock/patched pairs per runner")
-    parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="alternate")
+    parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="fresh")
     args = parser.parse_args(argv)
     runs = args.runs or (100 if args.quick else 2000)
     kinds = ("dask", "ray") if args.runner == "both" else (args.runner,)
