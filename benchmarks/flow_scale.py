@@ -15,9 +15,8 @@ Two ways to pair the sides, both on the same cluster and Prefect server:
 ``--mode both`` runs the two at one size and prints the spread of their per-pair
 ratios, the way to choose between them.  At 40 runs x 3 pairs (prefect 3.9.1,
 load average 14-27) fresh processes were the less noisy (pair-ratio stdev: wall
-0.125 vs 0.471, CPU 0.116 vs 0.178), and in one process every flow costs more
-driver CPU than the one before (4.4 -> 6.1 s per 40 runs, 3.4 s in a fresh
-process): a drift that an odd number of alternating pairs charges to one side.  The Prefect server is SQLite-backed, or
+0.125 vs 0.471, CPU 0.116 vs 0.178), and flows in one long process cost more
+driver CPU and varied more (4.4-6.1 s per 40 runs) than in fresh ones (3.1-3.6 s).  The Prefect server is SQLite-backed, or
 PostgreSQL-backed with ``PFA_PREFECT_DB=postgres`` (``services.postgres``).
 
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
