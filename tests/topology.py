@@ -68,7 +68,10 @@ class Node:
                     RAY_START_TIMEOUT, f"ray {name}", self.proc, self.log,
                 )
                 return
-            except RuntimeError as exc:
+            except BaseException as exc:  # an interrupted start (Ctrl-C, SIGTERM) stops it too
+                if not isinstance(exc, RuntimeError):
+                    self.stop()
+                    raise
                 raylet = _raylet_logs(self.temp_dir)
                 self.stop()
                 if attempt == START_ATTEMPTS:
