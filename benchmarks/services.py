@@ -37,13 +37,6 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 START_TIMEOUT = float(os.environ.get("PFA_SERVICE_START_TIMEOUT", "300"))
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the benchmark that started it dies."""
-    from prefect_future_anchor.server import _die_with_parent as arm
-
-    arm()
-
-
 def _stop_group(proc: "subprocess.Popen", sig: int = signal.SIGTERM, timeout: float = 60) -> None:
     """Stop a service by the process group it leads (never by name)."""
     if proc.poll() is not None:
@@ -87,7 +80,7 @@ def postgres() -> Iterator[str]:
 
     PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres``
     account Debian's package creates."""
-    from prefect_future_anchor.server import free_port
+    from prefect_future_anchor.server import _die_with_parent, free_port  # SIGTERM if this process dies
 
     bin_dir = _postgres_bin()
     as_root = os.geteuid() == 0
@@ -176,7 +169,7 @@ def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None) -> Iterator[st
     /tmp/ray), stopped by its handle (the process group it leads); yields its address.
     Drivers that connect to it (``RayTaskRunner(address=...)``) start and stop nothing but
     themselves, so no flow's figure carries a Ray start-up."""
-    from prefect_future_anchor.server import free_port
+    from prefect_future_anchor.server import _die_with_parent, free_port  # SIGTERM if this process dies
 
     ray_bin = Path(sys.executable).with_name("ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
