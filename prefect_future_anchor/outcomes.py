@@ -52,7 +52,7 @@ REPORT_TIMEOUT = 30.0
 #: How long a run the API has no record of is looked for again before the shim
 #: concludes it was never recorded (its engine never started, or its reports
 #: died with it).
-RECORD_GRACE = 10.0
+RECORD_GRACE = 5.0
 
 #: Longest one API call of the reporter may take.
 CALL_TIMEOUT = 10.0

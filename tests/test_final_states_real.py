@@ -11,6 +11,7 @@ engine unable to (its worker killed, its run cancelled, the flow gone).
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from typing import Any, List
@@ -21,6 +22,7 @@ import pytest
 from conftest import dask_processes_at, runners_available
 from fault_tasks import blocks, child, dies_once_running, parent
 from prefect import flow
+from prefect_future_anchor import outcomes
 
 RUNNERS = runners_available()
 
@@ -53,7 +55,7 @@ def api_state(task_run_id: Any) -> Any:
         return client.read_task_run(task_run_id).state
 
 
-def wait_running(task_run_id: Any, limit: float = 60) -> None:
+def wait_running(task_run_id: Any, limit: float = 180) -> None:
     """Readiness poll of the server: the run's engine has reported Running."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -265,8 +267,6 @@ def test_an_engine_report_recorded_after_the_shims_still_wins(monkeypatch):
     the recorder discard the engine's later-recorded Completed."""
     from prefect.client.orchestration import get_client
 
-    from prefect_future_anchor import outcomes
-
     held = HeldReports(monkeypatch, ["Completed"])
     ours, old_way = in_process_runs(2)
     for future in (ours, old_way):
@@ -293,8 +293,6 @@ def test_an_engine_report_recorded_between_the_shims_read_and_its_report_wins(mo
     outcome are the engine's."""
     from prefect.client.orchestration import get_client
 
-    from prefect_future_anchor import outcomes
-
     held = HeldReports(monkeypatch, ["Completed"])
     (run,) = in_process_runs(1)
     api_poll(run.task_run_id, lambda s: s is not None and s.is_running())
@@ -319,8 +317,6 @@ def test_a_run_not_recorded_yet_is_looked_for_again(monkeypatch):
     gave up at the first 404 left)."""
     from prefect.client.orchestration import get_client
 
-    from prefect_future_anchor import outcomes
-
     held = HeldReports(monkeypatch, ["Pending", "Running", "Completed"])
     ours, control = in_process_runs(2)
     statuses: List[Any] = []
@@ -333,8 +329,6 @@ def test_a_run_not_recorded_yet_is_looked_for_again(monkeypatch):
         return response
 
     monkeypatch.setattr(httpx.Client, "send", send)
-    import threading
-
     result: List[Any] = []
     local = outcomes.crashed_state("worker died", RuntimeError("worker died"))
 
@@ -354,6 +348,78 @@ def test_a_run_not_recorded_yet_is_looked_for_again(monkeypatch):
     assert result and result[0] is not None and result[0].is_crashed(), result
     assert api_state(ours.task_run_id).is_crashed()
     api_poll(control.task_run_id, lambda s: s is not None and s.is_running())
+
+
+# -- the reporter thread ------------------------------------------------------------
+
+
+class Outcome:
+    """Stands for a run's future: what the reporter gives it."""
+
+    _final_state = None
+
+
+class Hangs(outcomes.Report):
+    """A report whose API call does not return until the test says so (an API
+    that accepts the connection and never answers)."""
+
+    def __init__(self) -> None:
+        super().__init__(uuid.uuid4(), "hangs", Outcome(), None)
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def step(self, client, now):
+        self.entered.set()
+        self.gate.wait(120)
+        self.outcome = ("unrecorded", None)
+
+
+class Raises(outcomes.Report):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(uuid.uuid4(), "raises", Outcome(), None)
+        self.exc = exc
+
+    def step(self, client, now):
+        raise self.exc
+
+
+class Ends(outcomes.Report):
+    def __init__(self) -> None:
+        super().__init__(uuid.uuid4(), "ends", Outcome(), "its state")
+
+    def step(self, client, now):
+        self.outcome = ("reported", self.local)
+
+
+def test_the_exit_waits_only_for_the_reporter_thread(monkeypatch, records):
+    """The exit's bound is hard: it returns, naming the run, while the reporter's
+    API call is still under way; the thread ends once the call returns."""
+    reporter = outcomes.Reporter()
+    monkeypatch.setattr(outcomes, "reporter", reporter)
+    hangs = Hangs()
+    reporter.submit(hangs)
+    assert hangs.entered.wait(60)
+    assert outcomes.settle_at_exit([], "", timeout=0.5) == [hangs.key]
+    assert not hangs.gate.is_set()  # returned while the call was still under way
+    (line,) = records.messages(containing="could not be told")
+    assert str(hangs.key) in line
+    hangs.gate.set()
+    deadline = time.monotonic() + 60
+    while reporter._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reporter._thread is None and reporter.pending() == []
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("a bug of the shim's"), SystemExit(3), KeyboardInterrupt()], ids=type)
+def test_the_reporter_thread_survives_what_a_report_raises(exc):
+    from prefect_future_anchor import guard
+
+    reporter = outcomes.Reporter()
+    reporter.submit(Raises(exc))
+    assert reporter.flush(60)
+    ends = Ends()
+    reporter.submit(ends)
+    assert reporter.flush(60) and ends.future._final_state == "its state"
+    assert "final-state reports" in guard.failures()
 
 
 # -- runs the shim cancels at exit -----------------------------------------------------
