@@ -98,13 +98,24 @@ QUICK = [
 ]
 FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py", "tests/test_final_states_real.py"]
 UNSUPPORTED = ["tests/test_unsupported_release.py"]
-NEWEST = ["tests/test_final_states_real.py"]
+NEWEST = ["tests/test_final_states_real.py", "tests/test_process_pool_real.py"]
 PYTHONS = [
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
     "tests/test_drain_real.py::test_fire_and_forget_completes_under_wait_and_stock_loses_some",
     "tests/test_activation.py::test_seed_flow_on_dask_switched_on_by_the_environment",
 ]
+#: Rows whose prefect has its own ProcessPoolTaskRunner (3.4.14+): ``-- full`` runs all of its
+#: tests, the PYTHONS rows these (the newest row runs them all with NEWEST).
+PROCESS_POOL = ["tests/test_process_pool_real.py"]
+PROCESS_POOL_PYTHONS = [
+    "tests/test_process_pool_real.py::test_unkept_runs_follow_on_exit_and_a_failing_flow_cancels_them_at_once",
+    "tests/test_process_pool_real.py::test_the_environment_switch_patches_the_process_pool_on_import",
+]
+
+
+def has_process_pool(row: "Row") -> bool:
+    return tuple(int(part) for part in row.prefect.split(".")) >= (3, 4, 14)
 
 
 def interpreter(version: str) -> str:
@@ -155,6 +166,10 @@ def matrix(session: nox.Session, row: Row) -> None:
         scope = UNSUPPORTED
     elif row.python:
         scope = PYTHONS
+    if has_process_pool(row) and scope is PYTHONS:
+        scope = scope + PROCESS_POOL_PYTHONS
+    elif has_process_pool(row) and scope is FULL:
+        scope = scope + PROCESS_POOL
     if row.newest and scope is QUICK:
         scope = scope + NEWEST
 

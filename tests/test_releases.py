@@ -60,7 +60,7 @@ ROWS = [
     ("3.3.7", "0.3.5", "0.4.4", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "ray.ready-del", "dask.client-once"}),
     ("3.4.6", "0.3.5", "0.4.3", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "ray.ready-del", "dask.client-once"}),
     ("3.4.7", "0.3.6", "0.4.5", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.client-once"}),
-    ("3.9.1", "0.3.7", "0.6.0", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.client-once"}),
+    ("3.9.1", "0.3.7", "0.6.0", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.client-once", "process-pool.track", "process-pool.final-states"}),
     ("2.20.17", "0.2.10", "0.3.7", set()),
 ]
 
