@@ -203,14 +203,18 @@ class FinalStates(Patch):
         try:
             from prefect.client.orchestration import SyncPrefectClient, get_client
             from prefect.context import FlowRunContext
+            from prefect.events import Event  # noqa: F401
+            from prefect.events.clients import get_events_client
+            from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings  # noqa: F401
             from prefect.states import Cancelled, Crashed  # noqa: F401
         except ImportError as exc:
             return f"prefect's client API has moved ({exc})"
-        for method in ("read_task_run", "set_task_run_state"):
-            if not callable(getattr(SyncPrefectClient, method, None)):
-                return f"SyncPrefectClient has no {method}"
+        if not callable(getattr(SyncPrefectClient, "read_task_run", None)):
+            return "SyncPrefectClient has no read_task_run"
         if "sync_client" not in inspect.signature(get_client).parameters:
             return "get_client has no sync_client parameter"
+        if "reconnection_attempts" not in inspect.signature(get_events_client).parameters:
+            return "get_events_client has no reconnection_attempts parameter"
         if "flow_run" not in getattr(FlowRunContext, "model_fields", {}):
             return "FlowRunContext has no flow_run"
         return self.runner_problem(module)
