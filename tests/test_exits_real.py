@@ -19,6 +19,7 @@ happened, no timing is asserted.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +83,9 @@ def test_failed_flow_cancels_at_once_without_final_states(kind, make_runner, shi
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
 @pytest.mark.parametrize(
     "how, timeout, ended",
-    [("raises", None, "ended Failed"), ("times out", 4, "ended TimedOut"), ("interrupted", None, "interrupted (KeyboardInterrupt)")],
+    # A Ray job's first run needs its worker started (tens of seconds on a loaded machine):
+    # the timeout must come after the run is Running.
+    [("raises", None, "ended Failed"), ("times out", 45, "ended TimedOut"), ("interrupted", None, "interrupted (KeyboardInterrupt)")],
 )
 def test_ray_exceptional_exit_cancels_at_once(make_runner, shim, release, records, how, timeout, ended):
     """On Ray as on Dask: the unresolved run ends Cancelled with the reason, named
@@ -163,7 +166,8 @@ def test_ray_sigterm_cancels_at_once(ray_address, release, tmp_path):
     run, output = run_sigtermed(ray_address, release, tmp_path, shimmed=True)
     state = api_state(run)
     assert state.is_cancelled(), (state, output[-3000:])
-    assert "interrupted (TerminationSignal)" in state.message
+    # prefect 3.3.7 raises TerminationSignal in the flow; 3.9.1 exits with SystemExit
+    assert re.search(r"interrupted \((TerminationSignal|SystemExit)\)", state.message), state.message
 
 
 # -- Ray going down under the shim ------------------------------------------------------
@@ -190,8 +194,22 @@ def shuts_ray_down_itself(runner, path: str, between=None):
     return kept
 
 
+@pytest.fixture
+def no_auto_connect(monkeypatch):
+    """prefect-ray 0.5.0+'s exit calls ``ray.get_runtime_context()``, which on a Ray
+    that is down starts a new local Ray (Ray's auto-init): stock behaviour, here a
+    second Ray beside the session's head.  The tests switch Ray's auto-connect off
+    (``RAY_ENABLE_AUTO_CONNECT=0``, read at import) for the stock runner's sake; the
+    watcher's own "never starts a Ray" is shown in tests/test_ray_watch_real.py."""
+    from ray._private import auto_init_hook
+
+    monkeypatch.setattr(auto_init_hook, "enable_auto_connect", False)
+
+
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
-def test_flow_shutting_ray_down_returns_at_once_and_ray_stays_down(make_runner, shim, release, records):
+def test_flow_shutting_ray_down_returns_at_once_and_ray_stays_down(make_runner, shim, release, records, no_auto_connect):
+    """Stock returns at once (its runs are simply lost); the shim must too, not wait
+    for runs that can never resolve."""
     import ray
 
     shuts_ray_down_itself(make_runner("ray"), release)
@@ -207,7 +225,7 @@ def test_flow_shutting_ray_down_returns_at_once_and_ray_stays_down(make_runner, 
 
 
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
-def test_uninstall_mid_flow_then_stock_exit_returns(make_runner, shim, release, records):
+def test_uninstall_mid_flow_then_stock_exit_returns(make_runner, shim, release, records, no_auto_connect):
     import ray
 
     shim(drain_timeout=60)

@@ -101,7 +101,7 @@ def run_node_death(address: str, node: Any, directory: Path) -> List[Any]:
     return kept
 
 
-def test_a_run_on_a_lost_node_ends_crashed(cluster, shim, tmp_path):
+def test_ray_run_on_a_lost_node_ends_crashed(cluster, shim, tmp_path):
     (tmp_path / "stock").mkdir()
     stock = run_node_death(cluster.address, cluster.add_second_node(), tmp_path / "stock")
     pinned, *head = stock
@@ -337,7 +337,7 @@ def test_the_probe_actor_needs_only_ray_in_the_cluster():
     assert out.stdout.decode().split() == ["([],", "{})", "0", "False"], out.stderr.decode()[-2000:]
 
 
-def test_connected_tells_a_client_from_a_driver(cluster):
+def test_ray_connected_tells_a_client_from_a_driver(cluster):
     """ray_client.connected(): False before Ray is connected, False for a driver,
     True under Ray Client; it imports nothing itself."""
     import subprocess
