@@ -85,7 +85,7 @@ ROWS = [
     # release on 3.12 and 3.13 (prefect 3.9 needs >= 3.11).  Scope PYTHONS: seed flow, fire-and-forget,
     # switched on by install() and by PREFECT_FUTURE_ANCHOR=1 alone.
     Row("py3.9",  "3.4.6",  "0.3.5",  None,    "2025-06-12", warns="dask", races=True, python="3.9"),
-    Row("py3.12", "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True, python="3.12"),
+    Row("py3.12", "3.9.1",  "0.3.7",  "0.6.0", "2026-10-31", races=True, python="3.12", ci="dask"),
     Row("py3.13", "3.9.1",  "0.3.7",  None,    "2026-10-31", races=True, python="3.13"),
 ]
 # fmt: on
@@ -98,7 +98,15 @@ QUICK = [
 ]
 FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py", "tests/test_final_states_real.py"]
 UNSUPPORTED = ["tests/test_unsupported_release.py"]
-NEWEST = ["tests/test_final_states_real.py", "tests/test_process_pool_real.py"]
+NEWEST = [
+    "tests/test_final_states_real.py",
+    "tests/test_process_pool_real.py",
+    "tests/test_exits_real.py",
+    "tests/test_ray_watch_real.py",
+]
+#: Topologies (a second Ray cluster of two nodes with the Ray Client server, a Dask scheduler with
+#: three workers): ``-- full`` on the newest row, and ``./run faults``; not in CI's budget.
+TOPOLOGY = ["tests/test_topology_real.py"]
 PYTHONS = [
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
@@ -166,10 +174,13 @@ def matrix(session: nox.Session, row: Row) -> None:
         scope = UNSUPPORTED
     elif row.python:
         scope = PYTHONS
+    full = scope is FULL
     if has_process_pool(row) and scope is PYTHONS:
         scope = scope + PROCESS_POOL_PYTHONS
-    elif has_process_pool(row) and scope is FULL:
+    elif has_process_pool(row) and full:
         scope = scope + PROCESS_POOL
+    if row.newest and full:
+        scope = scope + [t for t in NEWEST + TOPOLOGY if t not in scope]
     if row.newest and scope is QUICK:
         scope = scope + NEWEST
 
