@@ -22,6 +22,7 @@ from fault_tasks import child, parent
 
 THREADS = 8
 ROUNDS = 3
+MAX_STOCK_ROUNDS = 10
 
 pytestmark = pytest.mark.skipif("dask" not in runners_available(), reason="this environment has no prefect-dask")
 
@@ -71,6 +72,11 @@ def first_submits_at_once(address: str, rounds: int):
 @pytest.mark.skipif(not races(), reason="this release creates its Dask client in __enter__: no race to show")
 def test_first_submits_from_eight_threads(dask_address, shim):
     stock = first_submits_at_once(dask_address, ROUNDS)
+    # The race is a race: on a machine loaded one way or another three runners may all
+    # happen to make one client (seen once in CI on the 3.4.6 row).  More stock runners,
+    # a bounded number, until one shows it; a release that fixed it still fails below.
+    while not any(clients > 1 for clients, _lost in stock) and len(stock) < MAX_STOCK_ROUNDS:
+        stock += first_submits_at_once(dask_address, 1)
     report = shim()
     shimmed = first_submits_at_once(dask_address, ROUNDS)
 
