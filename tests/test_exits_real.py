@@ -226,7 +226,7 @@ def test_flow_shutting_ray_down_returns_at_once_and_ray_stays_down(make_runner, 
 
 
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
-def test_uninstall_mid_flow_then_stock_exit_returns(make_runner, shim, release, records, no_auto_connect):
+def test_ray_uninstall_mid_flow_then_stock_exit_returns(make_runner, shim, release, records, no_auto_connect):
     import ray
 
     shim(drain_timeout=60)
