@@ -15,10 +15,11 @@ result nobody asks for.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import sys
 import threading
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 from . import guard, ray_errors
 from .patches import FinalStates, Patch, Track
@@ -84,26 +85,28 @@ class RayRuntime(Runtime):
     def _watchers(self) -> List[Watcher]:
         return [w for w in (self.watcher, self._client_watcher) if w is not None]
 
-    def shutdown_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        """``ray.shutdown()``, whoever calls it (the runner's exit, the user's flow,
-        Ray's own atexit hook): no watcher's Ray call races the teardown (one
-        aborted the driver), and the refs still watched, which can never become
-        ready now, are let go at once: their runs end as stock leaves them."""
+    @contextlib.contextmanager
+    def _quiesced(self, shutting_down: bool) -> Iterator[None]:
+        """The watchers stopped around a call that may take Ray down; afterwards, if
+        Ray is down, the refs still watched (which can never become ready now) are
+        let go at once and their runs end as stock leaves them."""
         watchers = self._watchers()
         for watcher in watchers:
             watcher.pause()
-        _shutting_down.set()
+        if shutting_down:
+            _shutting_down.set()
         try:
-            return wrapped(*args, **kwargs)
+            yield
         finally:
-            _shutting_down.clear()
+            if shutting_down:
+                _shutting_down.clear()
             try:
-                self._let_go_of_session(watchers)
+                self._let_go_if_down(watchers)
             finally:
                 for watcher in watchers:
                     watcher.resume()
 
-    def _let_go_of_session(self, watchers: List[Watcher]) -> None:
+    def _let_go_if_down(self, watchers: List[Watcher]) -> None:
         try:
             ray = sys.modules.get("ray")
             if ray is None or not ray.is_initialized():
@@ -113,21 +116,25 @@ class RayRuntime(Runtime):
         except Exception as exc:  # pragma: no cover - defensive
             guard.failed("ray.let-go", exc)
 
+    def before_drain(self) -> None:
+        """Ray already down at runner exit (the flow shut it down, with the shim
+        uninstalled meanwhile or before a watcher round saw it): nothing watched can
+        resolve, so let go now rather than drain."""
+        self._let_go_if_down(self._watchers())
+
+    def shutdown_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """``ray.shutdown()``, whoever calls it (the runner's exit, the user's flow,
+        Ray's own atexit hook): no watcher's Ray call races the teardown (one
+        aborted the driver), and no Ray call is made from ``__del__`` meanwhile."""
+        with self._quiesced(shutting_down=True):
+            return wrapped(*args, **kwargs)
+
     def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
         """The stock exit with the watchers stopped (it may shut Ray down); the runs of
         other runners are let go only if Ray really went down (prefect-ray 0.5.0+ shuts
         down only a Ray it started)."""
-        watchers = self._watchers()
-        for watcher in watchers:
-            watcher.pause()
-        try:
+        with self._quiesced(shutting_down=False):
             return wrapped(*args, **kwargs)
-        finally:
-            try:
-                self._let_go_of_session(watchers)
-            finally:
-                for watcher in watchers:
-                    watcher.resume()
 
     def pause_at_exit(self) -> None:
         """Registered with atexit after Ray's own hook, so it runs first: stop the
