@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from . import anchor
 
@@ -63,7 +63,7 @@ def drain(
     runner: Any,
     mode: str,
     timeout: float,
-    cancel: Callable[[Any], None],
+    cancel: Callable[[Any], Optional[bool]],
     abandon: str = "",
 ) -> Tuple[List[Tuple[Any, str, Any]], str]:
     """Resolve, or cancel and name, the runner's unresolved runs (at runner exit).
@@ -99,12 +99,15 @@ def drain(
     else:
         reason = "unresolved at task runner exit (on_exit='cancel')"
     runs_held.cancelled.update(key for key, _name, _future in runs)
-    for _key, _name, future in runs:
-        cancel(future.wrapped_future)
+    # A run its runner cannot stop (a process pool's running call) runs on and its
+    # engine reports its own end: it is not reported Cancelled, and a death of its
+    # worker is still a crash.
+    running_on = {key for key, _name, future in runs if cancel(future.wrapped_future) is False}
+    runs_held.cancelled.difference_update(running_on)
     log.warning(
         "prefect-future-anchor: cancelled %d task run(s) %s: %s",
         len(runs),
         reason,
         _names(runs),
     )
-    return runs, reason
+    return [run for run in runs if run[0] not in running_on], reason

@@ -79,6 +79,9 @@ class Runtime:
         Called on the completion callback's thread; must not fetch a result."""
         raise NotImplementedError
 
+    def before_drain(self) -> None:
+        """What a runner must settle before the drain decides what is unresolved."""
+
     def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
         """The stock ``__exit__`` (a runner may need to quiesce around it)."""
         return wrapped(*args, **kwargs)
@@ -144,30 +147,22 @@ class Runtime:
         exc_type = args[0] if args else kwargs.get("exc_type")
         cancelled: Cancelled = []
         reason = ""
-        running_on: set = set()
-
-        def cancel(raw: Any) -> None:
-            if self.cancel(raw) is False:
-                running_on.add(id(raw))
-
         try:
             try:
                 reason = self._unclean_exit(instance, exc_type) or ""
-                cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, cancel, reason)
+                self.before_drain()
+                cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel, reason)
             except Exception as exc:
                 guard.failed(f"{self.name}.drain", exc)
             except BaseException as interrupt:  # Ctrl-C / termination while the drain waits
                 cancelled, reason = drain.drain(
-                    instance, "cancel", 0, cancel, f"the wait was interrupted ({type(interrupt).__name__})"
+                    instance, "cancel", 0, self.cancel, f"the wait was interrupted ({type(interrupt).__name__})"
                 )
                 raise
         finally:
             # Also when interrupted, here too: the API learns the final states,
             # then the stock exit closes the client / shuts the cluster down.
             try:
-                if running_on:
-                    self._running_on(instance, cancelled, running_on)
-                    cancelled = [run for run in cancelled if id(run[2].wrapped_future) not in running_on]
                 self._settle(cancelled, reason)
             finally:
                 try:
@@ -175,16 +170,6 @@ class Runtime:
                 finally:
                     result = self.stock_exit(wrapped, instance, args, kwargs)
         return result
-
-    def _running_on(self, runner: Any, cancelled: Cancelled, running_on: set) -> None:
-        """Runs the cancel could not stop end as their engines report: a death
-        of their worker is still a crash."""
-        try:
-            runs = anchor.held_by(runner)
-            if runs is not None:
-                runs.cancelled.difference_update(k for k, _n, f in cancelled if id(f.wrapped_future) in running_on)
-        except Exception as exc:  # pragma: no cover - defensive
-            guard.failed(f"{self.name}.drain", exc)
 
     def _unclean_exit(self, runner: Any, exc_type: Any) -> Optional[str]:
         """Why the runner exits other than cleanly, or None for a clean exit: the
