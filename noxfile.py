@@ -29,6 +29,9 @@ import nox
 import nox.command
 
 nox.options.default_venv_backend = "uv"
+# Rows installed compiled to bytecode (see ./run: with PYTHONDONTWRITEBYTECODE=1 every
+# interpreter the tests start would otherwise compile prefect again).
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"

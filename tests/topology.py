@@ -85,7 +85,7 @@ class Node:
         self.proc.wait(60)
 
     def stop(self) -> None:
-        _kill_group(self.proc, timeout=60)
+        _kill_group(self.proc, timeout=60, sig=signal.SIGKILL)  # as conftest.ray_head: SIGTERM costs 34 s
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
