@@ -134,8 +134,8 @@ def test_toggling_install_while_threads_submit(dask_address):
         "client": DaskTaskRunner.__dict__.get("client"),  # a property from prefect-dask 0.3.4
         "wrapped_future": PrefectDaskFuture.__dict__.get("wrapped_future"),  # inherited: None
     }
-    per_thread = 12  # 8 threads: 96 chains, 192 task runs
-    toggles = 48  # one install/uninstall pair every two submits
+    per_thread = 6  # 8 threads: 48 chains, 96 task runs
+    toggles = 24  # one install/uninstall pair every two submits
     shared = DriverSide(errors=[], submitted=0, progress=threading.Condition())
 
     def submitter(n, out):
