@@ -18,22 +18,15 @@ happened, no timing is asserted.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 import prefect_future_anchor
 from conftest import runners_available
-from test_final_states_real import api_state, run_left_running, wait_running
+from test_final_states_real import api_state, run_left_running, run_sigtermed
 
 RUNNERS = runners_available()
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -107,64 +100,14 @@ def test_ray_exceptional_exit_cancels_at_once(make_runner, shim, release, record
     assert not records.messages(containing="waiting up to")
 
 
-SIGTERMED_RAY_FLOW = """
-import sys
-from prefect import flow
-from prefect_ray import RayTaskRunner
-from fault_tasks import blocks
-
-@flow(name="ray-stopped-by-sigterm", task_runner=RayTaskRunner(address=sys.argv[1]))
-def stopped():
-    slow = blocks.submit(sys.argv[2])
-    print(slow.task_run_id, flush=True)
-    slow.wait()
-
-stopped()
-"""
-
-
-def run_sigtermed(address: str, path: str, tmp_path: Path, shimmed: bool):
-    script = tmp_path / "sigtermed_ray.py"
-    script.write_text(SIGTERMED_RAY_FLOW)
-    env = dict(os.environ, PYTHONPATH=str(HERE))
-    env.pop("PREFECT_FUTURE_ANCHOR", None)
-    if shimmed:
-        env["PREFECT_FUTURE_ANCHOR"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), address, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        task_run_id = None
-        while proc.poll() is None and task_run_id is None:
-            line = proc.stdout.readline().strip()
-            try:
-                task_run_id = uuid.UUID(line)
-            except ValueError:
-                continue
-        assert task_run_id is not None, "the flow process ended before its run started"
-        wait_running(task_run_id, limit=120)
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=240)[0]
-        return task_run_id, output
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-
-
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
 def test_ray_sigterm_cancels_at_once(ray_address, release, tmp_path):
     """Prefect's termination signal to a flow process on Ray (a worker cancelling
     its flow run): its unresolved run ends Cancelled; stock never says Cancelled."""
-    stock_run, _ = run_sigtermed(ray_address, release, tmp_path, shimmed=False)
+    stock_run, _ = run_sigtermed("ray", ray_address, release, tmp_path, shimmed=False)
     assert not api_state(stock_run).is_cancelled()
 
-    run, output = run_sigtermed(ray_address, release, tmp_path, shimmed=True)
+    run, output = run_sigtermed("ray", ray_address, release, tmp_path, shimmed=True)
     state = api_state(run)
     assert state.is_cancelled(), (state, output[-3000:])
     # prefect 3.3.7 raises TerminationSignal in the flow; 3.9.1 exits with SystemExit

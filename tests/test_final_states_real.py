@@ -495,12 +495,12 @@ def test_exceptional_exit_cancels_at_once(dask_pair, shim, release, records, how
 # -- a flow process told to stop (Prefect's termination signal) ------------------------
 
 SIGTERMED_FLOW = """
-import sys, time
+import sys
 from prefect import flow
-from prefect_dask import DaskTaskRunner
+from {module} import {runner}
 from fault_tasks import blocks
 
-@flow(name="stopped-by-sigterm", task_runner=DaskTaskRunner(address=sys.argv[1]))
+@flow(name="stopped-by-sigterm", task_runner={runner}(address=sys.argv[1]))
 def stopped():
     slow = blocks.submit(sys.argv[2])
     print(slow.task_run_id, flush=True)
@@ -509,16 +509,21 @@ def stopped():
 stopped()
 """
 
+RUNNER_CLASSES = {"dask": ("prefect_dask", "DaskTaskRunner"), "ray": ("prefect_ray", "RayTaskRunner")}
 
-def run_sigtermed(address: str, path: str, tmp_path, shimmed: bool):
+
+def run_sigtermed(kind: str, address: str, path: str, tmp_path, shimmed: bool):
+    """A flow process on ``kind``'s runner at ``address`` whose one run blocks on
+    ``path``: SIGTERM once the run shows Running; returns (task run id, output)."""
     import os
     import signal
     import subprocess
     import sys
     from pathlib import Path
 
-    script = tmp_path / "sigtermed.py"
-    script.write_text(SIGTERMED_FLOW)
+    module, runner = RUNNER_CLASSES[kind]
+    script = tmp_path / f"sigtermed_{kind}.py"
+    script.write_text(SIGTERMED_FLOW.format(module=module, runner=runner))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
     env.pop("PREFECT_FUTURE_ANCHOR", None)
     if shimmed:
@@ -544,7 +549,7 @@ def run_sigtermed(address: str, path: str, tmp_path, shimmed: bool):
             raise AssertionError(f"the flow process ended before its run started: {line}")
         wait_running(task_run_id)
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=180)[0]
+        output = proc.communicate(timeout=240)[0]
         return task_run_id, output
     finally:
         if proc.poll() is None:
@@ -555,10 +560,10 @@ def run_sigtermed(address: str, path: str, tmp_path, shimmed: bool):
 def test_sigterm_cancels_at_once(dask_pair, release, tmp_path):
     """Prefect's termination signal (a worker cancelling its flow run): the flow
     process does not wait for its unresolved run, which ends Cancelled."""
-    stock_run, _ = run_sigtermed(dask_pair, release, tmp_path, shimmed=False)
+    stock_run, _ = run_sigtermed("dask", dask_pair, release, tmp_path, shimmed=False)
     assert api_state(stock_run).is_running()  # stock: left Running
 
-    run, output = run_sigtermed(dask_pair, release, tmp_path, shimmed=True)
+    run, output = run_sigtermed("dask", dask_pair, release, tmp_path, shimmed=True)
     state = api_state(run)
     assert state.is_cancelled(), (state, output[-3000:])
     assert "interrupted (TerminationSignal)" in state.message
