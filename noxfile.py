@@ -29,9 +29,6 @@ import nox
 import nox.command
 
 nox.options.default_venv_backend = "uv"
-# Rows installed compiled to bytecode (see ./run: with PYTHONDONTWRITEBYTECODE=1 every
-# interpreter the tests start would otherwise compile prefect again).
-os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -197,6 +194,8 @@ def matrix(session: nox.Session, row: Row) -> None:
         "PFA_EXPECT_STOCK_WARNINGS": row.warns,
         "PFA_EXPECT_FINISHED_WARNINGS": row.warns_finished,
         "PFA_EXPECT_CLIENT_RACE": "1" if row.races else "0",
+        # bytecode written as modules are first imported, whatever the caller set (see ./run)
+        "PYTHONDONTWRITEBYTECODE": "",
     }
     if not row.supported:
         env["PFA_NO_SERVER"] = "1"

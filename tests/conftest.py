@@ -122,6 +122,11 @@ def pytest_configure(config):
     # the servers, clusters and Ray heads below are stopped by pytest_unconfigure.
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _interrupt)
+    # Bytecode written as modules are first imported, by this process and everything it starts
+    # (Ray heads and their workers, Dask workers, servers, subprocesses): with
+    # PYTHONDONTWRITEBYTECODE=1 (set on the CI machine) each of them compiled prefect anew.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

@@ -738,11 +738,6 @@ def test_status_reports_auto_activation():
 # -- packaging: a wheel and an editable install both activate -------------------------------
 
 
-#: uv without ./run's UV_COMPILE_BYTECODE: compiling the test's own environment costs more than
-#: the few interpreters it starts there would save
-UV_ENV = {k: v for k, v in os.environ.items() if k != "UV_COMPILE_BYTECODE"}
-
-
 def test_wheel_and_editable_installs_activate(tmp_path):
     uv = shutil.which("uv")
     assert uv, "uv is needed to build the wheel and the virtual environment"
@@ -779,7 +774,6 @@ def test_wheel_and_editable_installs_activate(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env=UV_ENV,
     )
     assert install.returncode == 0, install.stderr[-4000:]
 
@@ -826,7 +820,6 @@ def test_wheel_and_editable_installs_activate(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env=UV_ENV,
     )
     assert editable.returncode == 0, editable.stderr[-4000:]
     check("editable")

@@ -37,13 +37,8 @@ def _uv() -> str:
     return uv
 
 
-#: uv without ./run's UV_COMPILE_BYTECODE: compiling this environment costs more than the few
-#: interpreters the test starts in it would save
-UV_ENV = {k: v for k, v in os.environ.items() if k != "UV_COMPILE_BYTECODE"}
-
-
 def _run(*command: str, timeout: float = 600) -> None:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=UV_ENV)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-4000:]}"
 
 
