@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -75,15 +75,18 @@ def cluster(tmp_path_factory):
         yield started
 
 
-def run_node_death(address: str, node: Any, directory: Path) -> List[Any]:
+def run_node_death(address: str, node: Any, directory: Path) -> Tuple[List[Any], List[Any]]:
     """A run pinned to the second node, which is killed once the run shows Running;
-    three parent/child pairs on the head beside it.  Returns [pinned, *head runs]."""
+    three parent/child pairs on the head beside it.  Returns [pinned, *head runs] and
+    the head runs' results, read inside the flow (prefect-ray 0.4.x's future fetches
+    them with ``ray.get``, which fails once the runner has shut Ray down)."""
     from prefect.futures import wait
     from prefect_ray import RayTaskRunner
     from prefect_ray.context import remote_options
 
     kept: List[Any] = []
-    side = DriverSide(kill=node.kill, kept=kept)
+    results: List[Any] = []
+    side = DriverSide(kill=node.kill, kept=kept, results=results)
 
     def second_node_dies():
         # max_retries=0: Ray would otherwise retry the run, and no other node has `second`
@@ -96,23 +99,29 @@ def run_node_death(address: str, node: Any, directory: Path) -> List[Any]:
         wait_for_file(directory / "pinned.running")
         side.kill()
         wait(side.kept)
+        side.results.extend(f.result() for f in parents + children)
 
-    flow(second_node_dies, name="second-node-dies", task_runner=RayTaskRunner(address=address))()
-    return kept
+    # The driver attaches to the head's raylet (its node IP, 127.0.0.1): left to find its own,
+    # Ray 2.47 took the machine's address, matched no raylet, and could attach to the second
+    # node's, whose death then broke the driver's own connection ("Broken pipe").
+    runner = RayTaskRunner(address=address, init_kwargs={"_node_ip_address": "127.0.0.1"})
+    flow(second_node_dies, name="second-node-dies", task_runner=runner)()
+    return kept, results
 
 
 def test_ray_run_on_a_lost_node_ends_crashed(cluster, shim, tmp_path):
     (tmp_path / "stock").mkdir()
-    stock = run_node_death(cluster.address, cluster.add_second_node(), tmp_path / "stock")
+    stock, results = run_node_death(cluster.address, cluster.add_second_node(), tmp_path / "stock")
     pinned, *head = stock
     states = settled_states([r.task_run_id for r in head])
     assert all(s.is_completed() for s in states.values()), states
     assert api_state(pinned.task_run_id).is_running()  # stock: the zombie
+    assert results == [0, 1, 2, 0, 2, 4]
 
     report = shim()
     assert report.patch("ray.final-states").state == "applied"
     (tmp_path / "shim").mkdir()
-    shimmed = run_node_death(cluster.address, cluster.add_second_node(), tmp_path / "shim")
+    shimmed, results = run_node_death(cluster.address, cluster.add_second_node(), tmp_path / "shim")
     pinned, *head = shimmed
     states = settled_states([r.task_run_id for r in shimmed])
     state = states.pop(pinned.task_run_id)
@@ -120,7 +129,7 @@ def test_ray_run_on_a_lost_node_ends_crashed(cluster, shim, tmp_path):
     assert "NodeDiedError" in state.message and "dead" in state.message, state.message
     assert pinned.state.is_crashed()
     assert all(s.is_completed() for s in states.values()), states  # nothing else reported Crashed
-    assert [r.result() for r in head] == [0, 1, 2, 0, 2, 4]
+    assert results == [0, 1, 2, 0, 2, 4]
 
 
 # -- Dask: a worker lost while the scheduler may still retry its runs --------------------

@@ -38,10 +38,16 @@ NODE_PORTS = (
 )
 
 
-def _ray_start(log: Path, temp_dir: str, argv: List[str]) -> "subprocess.Popen":
+#: The second node's address: a loopback address of its own.  With two raylets on one node IP a
+#: driver may attach to either (Ray 2.47 took the second node's: killing that node then broke the
+#: driver's own raylet connection, "Broken pipe"); Linux routes all of 127.0.0.0/8 to lo.
+SECOND_NODE_IP = "127.0.0.2"
+
+
+def _ray_start(log: Path, temp_dir: str, argv: List[str], ip: str = "127.0.0.1") -> "subprocess.Popen":
     worker_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--block", "--node-ip-address=127.0.0.1",
+        [str(Path(sys.executable).with_name("ray")), "start", "--block", f"--node-ip-address={ip}",
          "--disable-usage-stats", f"--temp-dir={temp_dir}", *argv],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -56,12 +62,12 @@ class Node:
     arguments with fresh ports: another attempt (:data:`START_ATTEMPTS`) gets
     new ones, as a raylet that never registered on a loaded machine may not again."""
 
-    def __init__(self, log_dir: Path, name: str, argv: Callable[[], List[str]]) -> None:
+    def __init__(self, log_dir: Path, name: str, argv: Callable[[], List[str]], ip: str = "127.0.0.1") -> None:
         for attempt in range(1, START_ATTEMPTS + 1):
             self.log = log_dir / f"{name}-{attempt}.log"
             self.temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")  # short: Ray puts unix sockets in it
             self.args = argv()
-            self.proc = _ray_start(self.log, self.temp_dir, self.args)
+            self.proc = _ray_start(self.log, self.temp_dir, self.args, ip)
             try:
                 _wait_until(
                     lambda: re.search(rb"Ray runtime started", self.log.read_bytes()),
@@ -112,6 +118,7 @@ class RayCluster:
             self.log_dir, f"second-{len(self.nodes)}",
             lambda: [f"--address={self.address}", "--num-cpus=0", f"--resources={{\"{SECOND}\": 1}}",
                      *(f"--{name}={free_port()}" for name in NODE_PORTS)],
+            ip=SECOND_NODE_IP,
         )
         self.nodes.append(node)
         return node
