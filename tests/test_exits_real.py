@@ -24,7 +24,7 @@ import pytest
 
 import prefect_future_anchor
 from conftest import runners_available
-from test_final_states_real import api_state, run_left_running, run_sigtermed
+from test_final_states_real import api_state, run_left_running, run_sigtermed, wait_running
 
 RUNNERS = runners_available()
 
@@ -134,7 +134,10 @@ def shuts_ray_down_itself(runner, path: str, between=None):
             between()
         ray.shutdown()
 
-    flow(shuts_down, name="shuts-ray-down", task_runner=runner)(return_state=True)
+    state = flow(shuts_down, name="shuts-ray-down", task_runner=runner)(return_state=True)
+    # the body got as far as its own ray.shutdown() (a flow that failed before it would
+    # also leave Ray down, at the runner's exit, and show nothing)
+    assert state.is_completed(), state
     return kept
 
 
