@@ -11,10 +11,12 @@ per runner however many threads submit their first runs at the same moment.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import threading
 import weakref
-from typing import Any, Callable, Dict, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 from . import guard
 from .patches import FinalStates, Patch, Track, code_constants, code_reads
@@ -60,15 +62,157 @@ def created_once(original: property) -> property:
     return property(client, original.fset, original.fdel, original.__doc__)
 
 
+#: While submits keep coming, how often the client's event loop takes in the
+#: runs submitted since its last look (it stops looking once a look finds none).
+REGISTER_SECONDS = 0.05
+
+_COMPLETIONS = "_prefect_future_anchor_completions"
+
+#: Register completions in batches on the loop (:class:`Completions`); False:
+#: one ``Future.add_done_callback`` per run, the previous design (the submit
+#: benchmark compares the two).
+BATCHED = True
+
+
+class Completions:
+    """The completion callbacks of one Dask client's runs, registered by its
+    event loop in batches.
+
+    ``distributed.Future.add_done_callback`` costs each submit a wake-up of the
+    client's event loop from the submitting thread (``loop.add_callback``: a
+    self-pipe write, then a coroutine that takes the GIL from the submitting
+    thread) and each completion a hop to distributed's callback thread: several
+    per cent of a submit (issue 21).  Here a submit appends to a deque and wakes
+    the loop only when it is not already looking; the loop takes the deque in
+    every ``REGISTER_SECONDS`` while it fills, waits for each run with
+    distributed's own ``done_callback`` coroutine (status only, nothing is
+    fetched) and calls back on the loop itself: a release is a few dict and
+    lock operations and blocks on nothing.  A run whose call raised (status
+    "error": its worker died) goes to a thread of the shim's, because its
+    callback asks Dask for the exception, a blocking call.
+    """
+
+    def __init__(self, client: Any, waiter: Callable[..., Any]) -> None:
+        self._loop = client.loop
+        self._waiter = waiter
+        self._queued: Deque[Tuple[Any, Callable[[Any], None]]] = collections.deque()
+        self._lock = threading.Lock()
+        self._looking = False
+        self._tasks: set = set()
+
+    def add(self, raw: Any, callback: Callable[[Any], None]) -> None:
+        self._queued.append((raw, callback))
+        if not self._looking:  # else the loop takes this one in at its next look
+            self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._looking:
+                return
+            self._looking = True
+        try:
+            self._loop.add_callback(self._take)
+        except BaseException:
+            with self._lock:
+                self._looking = False
+            raise
+
+    def _take(self) -> None:
+        """On the event loop: start waiting for what was queued; look again soon
+        while submits come, and stop looking once a look finds nothing."""
+        import asyncio
+
+        taken = 0
+        while True:
+            try:
+                raw, callback = self._queued.popleft()
+            except IndexError:
+                break
+            taken += 1
+            try:
+                task = asyncio.ensure_future(self._waiter(raw, callback))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            except Exception as exc:  # the shim's own failure: distributed's own callback
+                guard.failed("dask.track completions", exc)
+                raw.add_done_callback(callback)
+        if taken:
+            try:
+                self._loop.call_later(REGISTER_SECONDS, self._take)
+                return
+            except Exception as exc:  # the loop closing: the next submit wakes it as usual
+                guard.failed("dask.track completions", exc)
+        with self._lock:
+            self._looking = False
+        if self._queued:  # appended after the last pop by a submit that saw the flag still set
+            self._wake()
+
+
+_error_thread: Optional[ThreadPoolExecutor] = None
+_error_lock = threading.Lock()
+
+
+def _on_loop(on_done: Callable[[], None]) -> Callable[[Any], None]:
+    def deliver(raw: Any) -> None:
+        """On the event loop: call back, or, for a run whose call raised, on a thread."""
+        global _error_thread
+        try:
+            if raw.status != "error":
+                on_done()
+                return
+            with _error_lock:
+                if _error_thread is None:
+                    _error_thread = ThreadPoolExecutor(1, thread_name_prefix="prefect-future-anchor-dask")
+            _error_thread.submit(on_done)
+        except Exception as exc:
+            guard.failed("dask.track completions", exc)
+
+    return deliver
+
+
+def _waiter() -> Optional[Callable[..., Any]]:
+    """distributed's coroutine behind ``Future.add_done_callback`` (waits on the
+    future's status, then calls back on the loop), or None if it has moved."""
+    try:
+        from distributed.client import done_callback
+    except ImportError:
+        return None
+    if not inspect.iscoroutinefunction(done_callback):
+        return None
+    try:
+        if list(inspect.signature(done_callback).parameters) != ["future", "callback"]:
+            return None
+    except (TypeError, ValueError):
+        return None
+    return done_callback
+
+
+def _completions(client: Any) -> Optional[Completions]:
+    """The client's :class:`Completions`, or None where distributed's coroutine
+    has moved (then each run registers with the public ``add_done_callback``)."""
+    found = client.__dict__.get(_COMPLETIONS)
+    if found is None:
+        waiter = _waiter()
+        if waiter is None:
+            return None
+        with _creation_guard:
+            found = client.__dict__.setdefault(_COMPLETIONS, Completions(client, waiter))
+    return found
+
+
 class DaskRuntime(Runtime):
     name = "dask"
     runner_name = "DaskTaskRunner"
 
     def when_done(self, raw: Any, on_done: Callable[[], None], on_lost: Callable[[], None]) -> None:
         # Fires on success, error or cancellation (the client closing cancels what
-        # is pending), on distributed's callback thread; it reads the future's
-        # status only, never its result.
-        raw.add_done_callback(lambda _future: on_done())
+        # is pending), on the client's event loop (see Completions); it reads the
+        # future's status only, never its result.
+        completions = _completions(raw.client) if BATCHED else None
+        if completions is None:
+            raw.add_done_callback(lambda _future: on_done())
+        else:
+            completions.add(raw, _on_loop(on_done))
 
     def cancel(self, raw: Any) -> None:
         raw.cancel()
