@@ -208,7 +208,8 @@ class DaskRuntime(Runtime):
         # Fires on success, error or cancellation (the client closing cancels what
         # is pending), on the client's event loop (see Completions); it reads the
         # future's status only, never its result.
-        completions = _completions(raw.client) if BATCHED else None
+        client = getattr(raw, "client", None)
+        completions = _completions(client) if BATCHED and getattr(client, "loop", None) is not None else None
         if completions is None:
             raw.add_done_callback(lambda _future: on_done())
         else:
