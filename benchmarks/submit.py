@@ -64,10 +64,14 @@ SHAPES = {
     "20,000-element list parameter": lambda: list(range(20_000)),
 }
 RUNNERS = ("dask", "ray")
-#: per batch and side: wall, process CPU (all threads) and submitting-thread CPU per
-#: submit, and the process CPU per run over the batch's whole life (submits, then
-#: every run resolved and released); per patched submit: the shim's own work
-MEASURES = ("wall", "cpu", "thread cpu", "life cpu")
+#: What is sampled per batch and side (per patched submit also: the shim's own work).
+WHAT = {
+    "wall": "wall time per submit",
+    "cpu": "the flow process's CPU per submit (all its threads, over the submit loop)",
+    "thread cpu": "the submitting thread's CPU per submit",
+    "life cpu": "the flow process's CPU per run over the batch's whole life (submits, completions, releases)",
+}
+MEASURES = tuple(WHAT)
 
 
 def _up(x):
@@ -223,14 +227,6 @@ def design() -> str:
     from prefect_future_anchor import dask_runner
 
     return "completions batched on the loop" if dask_runner.BATCHED else "one add_done_callback per run"
-
-
-WHAT = {
-    "wall": "wall time per submit",
-    "cpu": "the flow process's CPU per submit (all its threads, over the submit loop)",
-    "thread cpu": "the submitting thread's CPU per submit",
-    "life cpu": "the flow process's CPU per run over the batch's whole life (submits, completions, releases)",
-}
 
 
 def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shapes: Sequence[str] = tuple(SHAPES)):

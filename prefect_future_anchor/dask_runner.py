@@ -81,8 +81,9 @@ class Completions:
     ``distributed.Future.add_done_callback`` costs each submit a wake-up of the
     client's event loop from the submitting thread (``loop.add_callback``: a
     self-pipe write, then a coroutine that takes the GIL from the submitting
-    thread) and each completion a hop to distributed's callback thread: several
-    per cent of a submit (issue 21).  Here a submit appends to a deque and wakes
+    thread) and each completion a hop to distributed's callback thread (issue
+    21; the shim's own work in a submit went from 72 to 39 µs, against a submit
+    of about 31 ms of CPU here: benchmarks/RESULTS.md, sources A and H).  Here a submit appends to a deque and wakes
     the loop only when it is not already looking; the loop takes the deque in
     every ``REGISTER_SECONDS`` while it fills, waits for each run with
     distributed's own ``done_callback`` coroutine (status only, nothing is
@@ -187,12 +188,14 @@ def _waiter() -> Optional[Callable[..., Any]]:
     return done_callback
 
 
-def _completions(client: Any) -> Optional[Completions]:
-    """The client's :class:`Completions`, or None where distributed's coroutine
-    has moved (then each run registers with the public ``add_done_callback``)."""
-    found = client.__dict__.get(_COMPLETIONS)
+def _completions(raw: Any) -> Optional[Completions]:
+    """The :class:`Completions` of ``raw``'s client, or None where that client
+    has no event loop or distributed's coroutine has moved (then each run
+    registers with the public ``add_done_callback``)."""
+    client = getattr(raw, "client", None)
+    found = getattr(client, "__dict__", {}).get(_COMPLETIONS)
     if found is None:
-        waiter = _waiter()
+        waiter = _waiter() if getattr(client, "loop", None) is not None else None
         if waiter is None:
             return None
         with _creation_guard:
@@ -208,8 +211,7 @@ class DaskRuntime(Runtime):
         # Fires on success, error or cancellation (the client closing cancels what
         # is pending), on the client's event loop (see Completions); it reads the
         # future's status only, never its result.
-        client = getattr(raw, "client", None)
-        completions = _completions(client) if BATCHED and getattr(client, "loop", None) is not None else None
+        completions = _completions(raw) if BATCHED else None
         if completions is None:
             raw.add_done_callback(lambda _future: on_done())
         else:

@@ -4,9 +4,10 @@ A patched submit hands its run to the client's ``Completions``: the client's
 event loop registers the runs in batches and calls back on the loop itself, so
 a submit wakes no thread and a completion hops to none (issue 21).  These tests
 drive ``DaskRuntime.when_done`` with plain distributed futures of a real
-``LocalCluster`` (the flow-level behaviour is in the other ``*_real`` tests) and
-would fail with the previous design (one ``Future.add_done_callback`` per run:
-every callback on distributed's callback thread).
+``LocalCluster`` (the flow-level behaviour is in the other ``*_real`` tests).
+The first and third fail with the previous design (``dask_runner.BATCHED =
+False``: one ``Future.add_done_callback`` per run, every callback on
+distributed's callback thread).
 """
 
 from __future__ import annotations
