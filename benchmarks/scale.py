@@ -13,11 +13,13 @@ driven directly:
   completing, then a few refs far from the oldest/newest opened at once to
   measure the out-of-order release against the bound in ``ray_watch``.
 - **Dask**: ``client.map`` of N futures on a scheduler and two workers in
-  processes of their own (so the driver process is the client alone), with and
-  without one ``add_done_callback`` per future, alternating; the extra CPU of
-  the driver process per future.
+  processes of their own (so the driver process is the client alone), with no
+  callback (stock), with the shim's registration (``DaskRuntime.when_done``,
+  batched on the client's loop) and with its previous design (one
+  ``add_done_callback`` per future), alternating; the extra CPU of the driver
+  process per future.
 
-    python benchmarks/scale.py            # full sizes (about 25 minutes here)
+    python benchmarks/scale.py            # full sizes (about 35 minutes here)
     python benchmarks/scale.py --quick    # at most 3 minutes
     python benchmarks/scale.py --quick --only ray --no-plot
 """
@@ -54,9 +56,9 @@ RATE = 200.0  # completions per second
 
 SIZES = {
     "quick": dict(order=[1000, 4000], old_order=[1000], shuffled=[2000], idle=[1000, 10000], old_idle=[1000, 10000],
-                  idle_seconds=5, dask=[1000, 10000], dask_rounds=1),
+                  idle_seconds=5, dask=[1000, 10000], dask_rounds={1000: 1, 10000: 1}),
     "full": dict(order=[1000, 10000, 20000], old_order=[1000, 10000], shuffled=[10000], idle=[1000, 10000, 100000],
-                 old_idle=[1000, 10000, 100000], idle_seconds=20, dask=[10000, 100000], dask_rounds=3),
+                 old_idle=[1000, 10000, 100000], idle_seconds=20, dask=[1000, 10000, 100000], dask_rounds={1000: 5, 10000: 3, 100000: 1}),
 }
 
 
@@ -261,9 +263,15 @@ def ray_completing(ray: Any, n: int, design: Optional[type], shuffled: bool) -> 
     delays = [fired.ready[i] - opened[i] for i in range(n) if fired.ready[i] is not None]
     ray.kill(gate)
     del refs
-    return dict(n=n, span=span, thread=cpu / span, process=process / span, rounds=rounds,
+    return dict(n=n, span=span, thread=cpu / span, process=process / span, rounds=rounds, bound=_bound(n),
                 fired=fired.count, lost=fired.lost, twice=fired.twice,
                 p50=_percentile(delays, 0.5), p95=_percentile(delays, 0.95), max=max(delays, default=float("nan")))
+
+
+def _bound(pending: int) -> float:
+    from prefect_future_anchor import ray_watch
+
+    return max(ray_watch.BOUND_FLOOR, pending * ray_watch.BOUND_PER_PENDING)
 
 
 def ray_idle(ray: Any, n: int, design: Optional[type], seconds: float, probes: int = 3) -> Dict[str, Any]:
@@ -291,7 +299,7 @@ def ray_idle(ray: Any, n: int, design: Optional[type], seconds: float, probes: i
         opened = ray.get(gate.times.remote())
         _poll(lambda: all(fired.ready[i] is not None for i in middle), 60 + n * 1e-3, "the middle refs released")
         delays = [fired.ready[i] - opened[i] for i in middle]
-        out.update(out_of_order_max=max(delays), bound=max(0.5, (n - probes) * 150e-6))
+        out.update(out_of_order_max=max(delays), bound=_bound(n - probes))
         watcher.pause()
     ray.kill(gate)
     del refs
@@ -366,30 +374,46 @@ def dask_processes(workers: int = 2) -> Iterator[str]:
         shutil.rmtree(logs, ignore_errors=True)
 
 
-def dask_once(client: Any, n: int, start: int, callbacks: bool) -> Dict[str, float]:
+#: The Dask sides: no callback (stock), the shim's completion registration
+#: (``DaskRuntime.when_done``, batched on the client's loop), and its previous
+#: design (``dask_runner.BATCHED = False``: one ``add_done_callback`` per future).
+DASK_SIDES = ("stock", "batched", "per-future")
+
+
+def dask_once(client: Any, n: int, start: int, side: str) -> Dict[str, float]:
     from distributed import wait
+
+    from prefect_future_anchor import dask_runner
 
     fired = [0]
     lock = threading.Lock()
 
-    def done(_future: Any) -> None:
+    def done() -> None:
         with lock:
             fired[0] += 1
 
+    runtime = dask_runner.DaskRuntime()
+    dask_runner.BATCHED = side == "batched"
     process0, wall0 = time.process_time(), time.monotonic()
     futures = client.map(abs, range(start, start + n), pure=False)
-    if callbacks:
+    if side != "stock":
         for future in futures:
-            future.add_done_callback(done)
+            runtime.when_done(future, done, done)
     wait(futures)
-    if callbacks:
+    if side != "stock":
         _poll(lambda: fired[0] >= n, 120, "every done callback")
     span, process = time.monotonic() - wall0, time.process_time() - process0
+    dask_runner.BATCHED = True
     del futures
     with contextlib.suppress(TimeoutError):  # best effort: the next run starts on an emptier scheduler
         _poll(lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) < 10, 60,
               "the scheduler forgets the runs")
     return dict(span=span, process=process, fired=fired[0])
+
+
+def _median(values: List[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
 def dask_rows(sizes: dict) -> List[Dict[str, Any]]:
@@ -398,20 +422,23 @@ def dask_rows(sizes: dict) -> List[Dict[str, Any]]:
     rows = []
     with dask_processes() as address, Client(address, timeout=120) as client:
         client.wait_for_workers(2, timeout=180)
-        dask_once(client, 1000, 0, False)  # warm-up
+        dask_once(client, 1000, 0, "stock")  # warm-up
         start = 10**7
         for n in sizes["dask"]:
-            runs: Dict[bool, List[Dict[str, float]]] = {False: [], True: []}
-            for k in range(sizes["dask_rounds"]):
-                for side in ((False, True) if k % 2 == 0 else (True, False)):
+            runs: Dict[str, List[Dict[str, float]]] = {side: [] for side in DASK_SIDES}
+            for k in range(sizes["dask_rounds"][n]):
+                for side in (DASK_SIDES[k % 3:] + DASK_SIDES[:k % 3]):  # each side first in turn
                     runs[side].append(dask_once(client, n, start, side))
                     start += n
-            stock = sorted(r["process"] for r in runs[False])[len(runs[False]) // 2]
-            shim = sorted(r["process"] for r in runs[True])[len(runs[True]) // 2]
-            span = sorted(r["span"] for r in runs[True])[len(runs[True]) // 2]
-            rows.append(dict(n=n, stock=stock, callbacks=shim, span=span, per_future=(shim - stock) / n,
-                             extra=(shim - stock) / span, rounds=sizes["dask_rounds"],
-                             fired=min(r["fired"] for r in runs[True])))
+            stock = _median([r["process"] for r in runs["stock"]])
+            row = dict(n=n, stock=stock, rounds=sizes["dask_rounds"][n])
+            for side in DASK_SIDES[1:]:
+                cpu = _median([r["process"] for r in runs[side]])
+                span = _median([r["span"] for r in runs[side]])
+                row[side] = dict(cpu=cpu, span=span, per_future=(cpu - stock) / n, extra=(cpu - stock) / span,
+                                 fired=min(r["fired"] for r in runs[side]))
+            rows.append(row)
+            sys.stderr.write(f"... Dask {n:,} measured\n")
     return rows
 
 
@@ -433,10 +460,11 @@ def table(ray_results: Optional[dict], dask_results: Optional[list]) -> str:
         for key, label in (("order", f"new, in order at {RATE:g}/s"), ("order_old", f"old ({OLD_COMMIT}), in order at {RATE:g}/s"),
                            ("shuffled", f"new, random order at {RATE:g}/s")):
             for r in ray_results[key]:
+                bound = f" (bound {r['bound'] * 1e3:.0f} ms)" if key == "shuffled" and "bound" in r else ""
                 lines.append(
                     f"| {label} | {r['n']:,} | {r['span']:.1f} s | {_pct(r['thread'])} | "
                     f"{_pct(r['extra_process']) if 'extra_process' in r else '–'} | {r['rounds']:,} | "
-                    f"{r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / {r['max'] * 1e3:.0f} ms | "
+                    f"{r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f} / {r['max'] * 1e3:.0f} ms{bound} | "
                     f"{r['fired']:,} of {r['n']:,} (lost {r['lost']}, twice {r['twice']}) |"
                 )
         for key, label in (("idle", "new, pending, none completing"), ("idle_old", f"old ({OLD_COMMIT}), pending, none completing")):
@@ -448,14 +476,18 @@ def table(ray_results: Optional[dict], dask_results: Optional[list]) -> str:
     if dask_results:
         lines += [
             "",
-            "| Dask, one add_done_callback per future | N | span | driver CPU stock / with callbacks | "
+            "| Dask, the shim's completion registration | N | span | driver CPU stock / with it | "
             "extra per future | extra (% of a core) | callbacks fired |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in dask_results:
-            lines.append(f"| median of {r['rounds']} alternations | {r['n']:,} | {r['span']:.1f} s | "
-                         f"{r['stock']:.2f} s / {r['callbacks']:.2f} s | {r['per_future'] * 1e6:.1f} µs | "
-                         f"{_pct(r['extra'])} | {r['fired']:,} |")
+            for side, label in (("batched", "batched on the loop (this design)"),
+                                ("per-future", "one add_done_callback per future (previous)")):
+                x = r[side]
+                runs = f"median of {r['rounds']}" if r["rounds"] > 1 else "one run each"
+                lines.append(f"| {label}, {runs} | {r['n']:,} | {x['span']:.1f} s | "
+                             f"{r['stock']:.2f} s / {x['cpu']:.2f} s | {x['per_future'] * 1e6:.1f} µs | "
+                             f"{_pct(x['extra'])} | {x['fired']:,} |")
     return "\n".join(lines)
 
 
@@ -473,9 +505,12 @@ def plot(ray_results: Optional[dict], dask_results: Optional[list], command: str
             import distributed
 
             xs = [r["n"] for r in dask_results]
-            ax.plot(xs, [r["extra"] * 100 for r in dask_results], "o-", label="one callback per future")
-            for r in dask_results:
-                ax.annotate(f"{r['per_future'] * 1e6:.1f} µs/future", (r["n"], r["extra"] * 100), fontsize=8)
+            for side, style, label in (("batched", "o-", "batched on the loop (this design)"),
+                                       ("per-future", "s:", "add_done_callback per future (previous)")):
+                ax.plot(xs, [r[side]["extra"] * 100 for r in dask_results], style, label=label)
+                for r in dask_results:
+                    ax.annotate(f"{r[side]['per_future'] * 1e6:.1f} µs/future", (r["n"], r[side]["extra"] * 100),
+                                fontsize=8)
             subject = f"Dask {distributed.__version__}: extra driver CPU, N futures completing"
         else:
             new, old = ray_results[panel], ray_results[f"{panel}_old"]
