@@ -30,6 +30,7 @@ import argparse
 import ast
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -542,7 +543,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--only", choices=("ray", "dask"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--png", default=str(HERE / "scale.png"))
+    parser.add_argument("--json", default=str(HERE / "scale.json"), help="where the measured rows are written")
+    parser.add_argument("--replot", metavar="JSON", help="draw the PNG from a run's rows, measure nothing")
     args = parser.parse_args(argv)
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        import distributed  # noqa: F401  (the versions in the titles: the same environment's)
+        import ray  # noqa: F401
+        plot(saved["ray"], saved["dask"], saved["command"], Path(args.png))
+        print(f"plot: {args.png}")
+        return 0
+    if not args.no_plot:
+        import matplotlib  # noqa: F401  (fail before measuring, not after)
     command = "python benchmarks/scale.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
     sizes = SIZES["quick" if args.quick else "full"]
     ray_results = ray_rows(sizes) if args.only in (None, "ray") else None
@@ -553,6 +565,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(f"`{command}` ({sys.executable}; Python {platform.python_version()})\n")
     print(table(ray_results, dask_results))
+    Path(args.json).write_text(json.dumps(dict(command=command, ray=ray_results, dask=dask_results), indent=1))
     if not args.no_plot:
         plot(ray_results, dask_results, command, Path(args.png))
         print(f"\nplot: {args.png}")
