@@ -542,10 +542,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("ray", "dask"))
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--png", default=str(HERE / "scale.png"))
-    parser.add_argument("--json", default=str(HERE / "scale.json"), help="where the measured rows are written")
+    parser.add_argument("--png", help="default: benchmarks/scale.png (--quick: in the temp dir)")
+    parser.add_argument("--json", help="where the measured rows are written (default: beside the PNG)")
     parser.add_argument("--replot", metavar="JSON", help="draw the PNG from a run's rows, measure nothing")
     args = parser.parse_args(argv)
+    # Quick sizes are no verdict: they never overwrite the committed picture and rows.
+    args.png = args.png or str(Path(tempfile.gettempdir()) / "pfa-scale-quick.png" if args.quick else HERE / "scale.png")
+    args.json = args.json or str(Path(args.png).with_suffix(".json"))
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
         import distributed  # noqa: F401  (the versions in the titles: the same environment's)
