@@ -393,28 +393,25 @@ def dask_once(client: Any, n: int, start: int, side: str) -> Dict[str, float]:
         with lock:
             fired[0] += 1
 
-    runtime = dask_runner.DaskRuntime()
+    runtime, batched = dask_runner.DaskRuntime(), dask_runner.BATCHED
     dask_runner.BATCHED = side == "batched"
-    process0, wall0 = time.process_time(), time.monotonic()
-    futures = client.map(abs, range(start, start + n), pure=False)
-    if side != "stock":
-        for future in futures:
-            runtime.when_done(future, done, done)
-    wait(futures)
-    if side != "stock":
-        _poll(lambda: fired[0] >= n, 120, "every done callback")
-    span, process = time.monotonic() - wall0, time.process_time() - process0
-    dask_runner.BATCHED = True
+    try:
+        process0, wall0 = time.process_time(), time.monotonic()
+        futures = client.map(abs, range(start, start + n), pure=False)
+        if side != "stock":
+            for future in futures:
+                runtime.when_done(future, done, done)
+        wait(futures)
+        if side != "stock":
+            _poll(lambda: fired[0] >= n, 120, "every done callback")
+        span, process = time.monotonic() - wall0, time.process_time() - process0
+    finally:
+        dask_runner.BATCHED = batched
     del futures
     with contextlib.suppress(TimeoutError):  # best effort: the next run starts on an emptier scheduler
         _poll(lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) < 10, 60,
               "the scheduler forgets the runs")
     return dict(span=span, process=process, fired=fired[0])
-
-
-def _median(values: List[float]) -> float:
-    values = sorted(values)
-    return values[len(values) // 2]
 
 
 def dask_rows(sizes: dict) -> List[Dict[str, Any]]:
@@ -431,11 +428,11 @@ def dask_rows(sizes: dict) -> List[Dict[str, Any]]:
                 for side in (DASK_SIDES[k % 3:] + DASK_SIDES[:k % 3]):  # each side first in turn
                     runs[side].append(dask_once(client, n, start, side))
                     start += n
-            stock = _median([r["process"] for r in runs["stock"]])
+            stock = _percentile([r["process"] for r in runs["stock"]], 0.5)
             row = dict(n=n, stock=stock, rounds=sizes["dask_rounds"][n])
             for side in DASK_SIDES[1:]:
-                cpu = _median([r["process"] for r in runs[side]])
-                span = _median([r["span"] for r in runs[side]])
+                cpu = _percentile([r["process"] for r in runs[side]], 0.5)
+                span = _percentile([r["span"] for r in runs[side]], 0.5)
                 row[side] = dict(cpu=cpu, span=span, per_future=(cpu - stock) / n, extra=(cpu - stock) / span,
                                  fired=min(r["fired"] for r in runs[side]))
             rows.append(row)
@@ -482,10 +479,10 @@ def table(ray_results: Optional[dict], dask_results: Optional[list]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for r in dask_results:
+            runs = f"median of {r['rounds']}" if r["rounds"] > 1 else "one run each"
             for side, label in (("batched", "batched on the loop (this design)"),
                                 ("per-future", "one add_done_callback per future (previous)")):
                 x = r[side]
-                runs = f"median of {r['rounds']}" if r["rounds"] > 1 else "one run each"
                 lines.append(f"| {label}, {runs} | {r['n']:,} | {x['span']:.1f} s | "
                              f"{r['stock']:.2f} s / {x['cpu']:.2f} s | {x['per_future'] * 1e6:.1f} µs | "
                              f"{_pct(x['extra'])} | {x['fired']:,} |")
