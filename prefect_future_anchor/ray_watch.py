@@ -110,7 +110,6 @@ class Watcher:
         self._cursor = 0
         self._credit = 0.0
         self._per_ref = 2.5e-6  # a round's thread CPU per ref listed (moving average)
-        self._cost = 0.0
         self._interval = POLL_SECONDS
         self._due = 0.0
         self._last = 0.0
@@ -198,7 +197,7 @@ class Watcher:
                 if wait <= 0:
                     break
                 self._changed.wait(wait)
-            started = time.thread_time()
+            started, rounds = time.thread_time(), self.rounds
             refs = self._plan(time.monotonic())
         ready = self._ready(refs)
         if ready is None:
@@ -206,9 +205,10 @@ class Watcher:
             return False
         with self._changed:
             callbacks = [on_ready for ref in ready for on_ready, _lost in self._take(ref)]
-            # The whole round's CPU paces the sweep: planning, probe and bookkeeping.
-            self._cost = time.thread_time() - started
-            self._paced(len(refs), bool(ready))
+            # The whole round's CPU paces the sweep (planning, probe and bookkeeping),
+            # counted only for a round that probed (not one that found Ray's lock taken).
+            cost = time.thread_time() - started if self.rounds != rounds else 0.0
+            self._paced(len(refs), bool(ready), cost)
         del refs, ready
         for callback in callbacks:
             try:
@@ -278,10 +278,9 @@ class Watcher:
         self._cursor = 0
         return sweep
 
-    def _paced(self, listed: int, found: bool) -> None:
-        if listed >= self.oldest and self._cost > 0:  # fewer: the call's fixed cost dominates
-            self._per_ref = max(1e-7, 0.8 * self._per_ref + 0.2 * self._cost / listed)
-        self._cost = 0.0
+    def _paced(self, listed: int, found: bool, cost: float) -> None:
+        if listed >= self.oldest and cost > 0:  # fewer: the call's fixed cost dominates
+            self._per_ref = max(1e-7, 0.8 * self._per_ref + 0.2 * cost / listed)
         self._interval = POLL_SECONDS if found else min(IDLE_SECONDS, self._interval * 2)
         self._due = self._last + self._interval
 
