@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -46,6 +47,7 @@ sys.path.insert(0, str(HERE))
 import services  # noqa: E402  (sets the environment before prefect is imported)
 
 GOAL = 1.02
+FULL_RUNS = 2000
 WARM_UP_RUNS = 20
 SIDES = ("stock", "patched")
 NAMES = {"dask": "Dask (1 worker process x 2 threads)", "ray": "Ray (local head, 2 CPUs)"}
@@ -166,7 +168,8 @@ def _spread(samples: Dict[str, List[Dict[str, float]]], key: str) -> str:
 
 
 def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = ""):
-    """The rows of ``benchmarks/run.py``'s table (call inside ``services.prefect_server()``)."""
+    """The rows of ``benchmarks/run.py``'s table (call inside ``services.prefect_server()``), and
+    the samples behind them (for ``--json``)."""
     with contextlib.ExitStack() as stack:
         address = address or stack.enter_context(cluster(kind))
         samples = measure(kind, runs, pairs, mode, address)
@@ -176,7 +179,7 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
     for key, what in (("wall", "wall"), ("cpu", "driver CPU, all threads")):
         stock = statistics.median(s[key] for s in samples["stock"])
         patched = statistics.median(s[key] for s in samples["patched"])
-        ratio = patched / stock
+        ratio = patched_over_stock(samples, key)
         out.append((
             f"flow of {runs:,} task runs ({runs // 2:,} seed pairs, parents dropped) on {NAMES[kind]}, {what} "
             f"(median of {pairs} per side, {how}; {_spread(samples, key)}; load average {min(loads):.1f}–{max(loads):.1f}; "
@@ -186,7 +189,14 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
     warnings = {side: sum(s["warnings"] for s in samples[side]) for side in SIDES}
     print(f"  {kind}: 'garbage collected' warnings stock {warnings['stock']}, patched {warnings['patched']}",
           file=sys.stderr, flush=True)
-    return out
+    record = dict(runner=kind, runs=runs, pairs=pairs, mode=mode, samples=samples,
+                  ratios={key: patched_over_stock(samples, key) for key in ("wall", "cpu")})
+    return out, record
+
+
+def patched_over_stock(samples: Dict[str, List[Dict[str, float]]], key: str) -> float:
+    """The figure of a row: median patched over median stock."""
+    return statistics.median(s[key] for s in samples["patched"]) / statistics.median(s[key] for s in samples["stock"])
 
 
 def main(argv=None) -> int:
@@ -196,25 +206,37 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, help="task runs per flow (default 2,000; --quick 100)")
     parser.add_argument("--pairs", type=int, default=1, help="stock/patched pairs per runner")
     parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="fresh")
+    parser.add_argument("--json", help="where the samples are written (default: benchmarks/flow_scale.json for the "
+                                       "full size on both runners, else the temp dir); scale.py draws them")
     args = parser.parse_args(argv)
-    runs = args.runs or (100 if args.quick else 2000)
+    runs = args.runs or (100 if args.quick else FULL_RUNS)
+    # Only the full size on both runners is the verdict the committed picture shows.
+    full = runs == FULL_RUNS and args.runner == "both"
+    args.json = args.json or str(HERE / "flow_scale.json" if full else Path(tempfile.gettempdir()) / "pfa-flow-scale.json")
     kinds = ("dask", "ray") if args.runner == "both" else (args.runner,)
     modes = ("alternate", "fresh") if args.mode == "both" else (args.mode,)
     from importlib.metadata import version
 
     releases = ", ".join(f"{d} {version(d)}" for d in ("prefect", "prefect-dask", "prefect-ray", "ray", "distributed"))
     started, load = time.monotonic(), os.getloadavg()[0]
-    table = []
+    table, records = [], []
+    command = " ".join(["python benchmarks/flow_scale.py"] + list(argv if argv is not None else sys.argv[1:]))
     with services.prefect_server():
         for kind in kinds:
             with cluster(kind) as address:
                 for mode in modes:
-                    table += rows(kind, runs, pairs=args.pairs, mode=mode, address=address)
+                    out, record = rows(kind, runs, pairs=args.pairs, mode=mode, address=address)
+                    table += out
+                    records.append(record)
                     print(f"[{time.monotonic() - started:6.0f} s] {table[-2:]}", file=sys.stderr, flush=True)
     print()
-    print(f"python benchmarks/flow_scale.py {' '.join(argv if argv is not None else sys.argv[1:])}: "
+    print(f"{command}: "
           f"{time.monotonic() - started:.0f} s, load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; {releases}; Prefect server on {services.database()}")
+    Path(args.json).write_text(json.dumps(dict(
+        command=(f"PFA_PREFECT_DB={services.database()} " if services.database() != "sqlite" else "") + command,
+        releases=releases, database=services.database(), goal=GOAL, rows=records), indent=1))
+    print(f"samples: {args.json}")
     print()
     print("| benchmark | stock | patched | ratio | goal | met? |")
     print("|---|---|---|---|---|---|")
