@@ -8,16 +8,23 @@ pending ref and starts again after each completion pays pending × completions
 (10,000 runs completing at 200/s took 73% of a core).  So each round here lists
 a bounded set: the oldest pending refs (runs mostly finish in submission
 order), the newest (quick runs submitted behind long ones), and a slice of a
-sweep over all the others, sized so the watcher's thread (planning, probe and
-bookkeeping together) costs about ``SWEEP_BUDGET`` of a core for the sweep,
-whatever the number pending.  The driver's CPU then grows with
-completions, not with pending × rounds.
+sweep over all the others.  The two windows follow the completions: each is
+four times what it found ready in the last round, between a small floor and
+its maximum (``Watcher.oldest``, ``Watcher.newest``), so a flow whose runs
+finish a few a second lists a few dozen refs a round, not hundreds.  The sweep
+is paced to pass over everything pending once every
+max(``SWEEP_FLOOR``, pending × ``SWEEP_PER_PENDING``) seconds, at most
+``SWEEP_BUDGET`` of a core (the whole round's thread CPU counted: planning,
+probe and bookkeeping).  The driver's CPU then grows with completions, not
+with pending × rounds, and a flow with few pending pays little: a flow of
+2,000 runs on Ray used 21% of a core here, so a sweep at a fixed 1% of a core
+was 5% of the flow's CPU (``benchmarks/flow_scale.py``).
 
-Release bound: a ref among the oldest ``OLDEST`` or newest ``NEWEST`` pending is
-seen within ``IDLE_SECONDS`` (``POLL_SECONDS`` while runs keep completing); any
-other within one sweep pass, pending × (CPU per ref of a round) ÷ ``SWEEP_BUDGET``:
-all in all within max(``BOUND_FLOOR``, pending × ``BOUND_PER_PENDING``) on this
-project's 2-core machine (a round costs 2-3 µs per ref there, all of it counted;
+Release bound: a ref in a window is seen within ``IDLE_SECONDS``
+(``POLL_SECONDS`` while runs keep completing); any other within one sweep
+pass: all in all within max(``BOUND_FLOOR``, pending × ``BOUND_PER_PENDING``)
+wherever a round costs at most ``BOUND_PER_PENDING`` × ``SWEEP_BUDGET`` (3 µs)
+per ref listed, as on this project's 2-core machine (1-3 µs;
 ``benchmarks/scale.py`` measures the bound).
 """
 
@@ -33,15 +40,21 @@ from . import guard
 
 #: Round interval while runs keep completing; the longest a run among the
 #: oldest/newest waits to be seen then.
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.2
 #: Rounds back off to this after rounds that found nothing.
-IDLE_SECONDS = 0.25
-#: Share of a core the sweep over the other pending refs may use.
+IDLE_SECONDS = 0.5
+#: The sweep's pass over every pending ref: once per max(SWEEP_FLOOR, pending ×
+#: SWEEP_PER_PENDING) seconds, using at most SWEEP_BUDGET of a core.
+SWEEP_FLOOR = 2.0
+SWEEP_PER_PENDING = 200e-6
 SWEEP_BUDGET = 0.01
 #: The stated release bound for a run that finishes out of order:
-#: max(BOUND_FLOOR, pending × BOUND_PER_PENDING) seconds (2-core machine).
-BOUND_FLOOR = 0.5
+#: max(BOUND_FLOOR, pending × BOUND_PER_PENDING) seconds (a pass, plus a round).
+BOUND_FLOOR = 2.5
 BOUND_PER_PENDING = 300e-6
+#: The windows never shrink below these (nor above ``Watcher.oldest`` / ``newest``).
+MIN_OLDEST = 16
+MIN_NEWEST = 8
 
 Callback = Callable[[], None]
 Probe = Callable[[List[Any], float], List[Any]]
@@ -110,6 +123,9 @@ class Watcher:
         self._cursor = 0
         self._credit = 0.0
         self._per_ref = 2.5e-6  # a round's thread CPU per ref listed (moving average)
+        self._front = MIN_OLDEST  # this round's window sizes (they follow what the last found)
+        self._back = MIN_NEWEST
+        self._windows = (0, 0)  # how many of this round's refs were the oldest, the newest
         self._interval = POLL_SECONDS
         self._due = 0.0
         self._last = 0.0
@@ -127,12 +143,18 @@ class Watcher:
             if entry is None:
                 entry = self._pending[ref] = _Entry()
             entry.callbacks.append((on_ready, on_lost))
+            # The thread is woken only when it must look sooner than it planned: it was
+            # idle (nothing pending) or backing off.  Waking it on every submit cost
+            # the submitting thread a futex call and the watcher a pass per run.
+            sooner = len(self._pending) == 1 and len(entry.callbacks) == 1
             if self._interval > POLL_SECONDS:
                 self._interval = POLL_SECONDS
                 self._due = min(self._due, self._last + POLL_SECONDS)
+                sooner = True
             if self._thread is None and not self._paused:
                 self._start()
-            self._changed.notify_all()
+            elif sooner:
+                self._changed.notify_all()
 
     def pause(self, timeout: float = 30) -> None:
         """Stop the thread (it finishes its current probe): no Ray call until :meth:`resume`."""
@@ -204,6 +226,7 @@ class Watcher:
             self._lose_all(me)
             return False
         with self._changed:
+            self._follow(refs, ready)
             callbacks = [on_ready for ref in ready for on_ready, _lost in self._take(ref)]
             # The whole round's CPU paces the sweep (planning, probe and bookkeeping),
             # counted only for a round that probed (not one that found Ray's lock taken).
@@ -243,43 +266,62 @@ class Watcher:
     def _plan(self, now: float) -> List[Any]:
         """This round's refs: the oldest, the newest and a budgeted slice of the sweep."""
         pending = self._pending
-        self._credit = min(self.max_chunk, self._credit + (now - self._last) * SWEEP_BUDGET / self._per_ref)
+        n = len(pending)
+        rate = min(n / max(SWEEP_FLOOR, n * SWEEP_PER_PENDING), SWEEP_BUDGET / self._per_ref)  # refs per second
+        self._credit = min(self.max_chunk, self._credit + (now - self._last) * rate)
         self._last = now
-        if len(pending) <= self.oldest + self.newest:
+        front, back = min(self._front, self.oldest), min(self._back, self.newest)
+        if len(pending) <= front + back:
+            self._windows = (len(pending), 0)
             return list(pending)
-        refs = list(islice(pending, self.oldest))
-        refs += islice(reversed(pending.keys()), self.newest)
+        refs = list(islice(pending, front))
+        refs += islice(reversed(pending.keys()), back)
+        self._windows = (front, back)
         want = int(self._credit)
         if want <= 0:
             return refs
         listed = set(refs)
         chunk: List[Any] = []
-        sweep = self._sweep
         restarted = False
         while len(chunk) < want:
-            if self._cursor >= len(sweep):
+            if self._cursor >= len(self._sweep):
                 if restarted:
                     break
                 restarted = True
-                sweep = self._restart_sweep()
+                listed.update(chunk)  # the new pass may list again what the old one's tail did
+                self._restart_sweep()
                 continue
-            ref = sweep[self._cursor]
-            self._cursor += 1
-            if ref is not None and ref not in listed:
-                listed.add(ref)
-                chunk.append(ref)
+            # A slice at a time (C-level), not a ref at a time: the planning was half a
+            # round's cost.  Taken refs are None in the sweep; windows' refs are skipped.
+            start = self._cursor
+            part = self._sweep[start:start + want - len(chunk)]
+            self._cursor = start + len(part)
+            chunk += [ref for ref in part if ref is not None and ref not in listed]
         self._credit -= len(chunk)
         return refs + chunk
 
-    def _restart_sweep(self) -> List[Any]:
+    def _follow(self, refs: List[Any], ready: List[Any]) -> None:
+        """Size the next round's windows by what this round found in each: four times
+        as many, so a burst at the front widens them fast and a quiet flow keeps them
+        small; never below the floors."""
+        front, back = self._windows
+        if not ready or not front:
+            found_front = found_back = 0
+        else:
+            seen = set(ready)
+            found_front = sum(1 for ref in refs[:front] if ref in seen)
+            found_back = sum(1 for ref in refs[front:front + back] if ref in seen)
+        self._front = max(MIN_OLDEST, 4 * found_front)
+        self._back = max(MIN_NEWEST, 4 * found_back)
+
+    def _restart_sweep(self) -> None:
         sweep = self._sweep = list(self._pending)
         for slot, ref in enumerate(sweep):
             self._pending[ref].slot = slot
         self._cursor = 0
-        return sweep
 
     def _paced(self, listed: int, found: bool, cost: float) -> None:
-        if listed >= self.oldest and cost > 0:  # fewer: the call's fixed cost dominates
+        if listed >= 128 and cost > 0:  # fewer: the call's fixed cost dominates
             self._per_ref = max(1e-7, 0.8 * self._per_ref + 0.2 * cost / listed)
         self._interval = POLL_SECONDS if found else min(IDLE_SECONDS, self._interval * 2)
         self._due = self._last + self._interval
