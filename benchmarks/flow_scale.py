@@ -20,7 +20,7 @@ driver CPU and varied more (4.4-6.1 s per 40 runs) than in fresh ones (3.1-3.6 s
 PostgreSQL-backed with ``PFA_PREFECT_DB=postgres`` (``services.postgres``).
 
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
-    python benchmarks/flow_scale.py                          # 2,000 runs a flow, one pair per runner
+    python benchmarks/flow_scale.py                          # 2,000 runs a flow, three pairs per runner
     PFA_PREFECT_DB=postgres python benchmarks/flow_scale.py  # the server on a PostgreSQL of its own
     python benchmarks/flow_scale.py --runner ray --runs 1000 --pairs 1
     python benchmarks/flow_scale.py --mode both --runs 200 --pairs 4 --runner dask
@@ -204,12 +204,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 runs a flow, one pair per runner")
     parser.add_argument("--runner", choices=("dask", "ray", "both"), default="both")
     parser.add_argument("--runs", type=int, help="task runs per flow (default 2,000; --quick 100)")
-    parser.add_argument("--pairs", type=int, default=1, help="stock/patched pairs per runner")
+    parser.add_argument("--pairs", type=int, help="stock/patched pairs per runner (default 3; --quick 1)")
     parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="fresh")
     parser.add_argument("--json", help="where the samples are written (default: benchmarks/flow_scale.json for the "
                                        "full size on both runners, else the temp dir); scale.py draws them")
     args = parser.parse_args(argv)
     runs = args.runs or (100 if args.quick else FULL_RUNS)
+    args.pairs = args.pairs or (1 if args.quick else 3)
     # Only the full size on both runners is the verdict the committed picture shows.
     full = runs == FULL_RUNS and args.runner == "both"
     args.json = args.json or str(HERE / "flow_scale.json" if full else Path(tempfile.gettempdir()) / "pfa-flow-scale.json")
@@ -233,9 +234,11 @@ def main(argv=None) -> int:
     print(f"{command}: "
           f"{time.monotonic() - started:.0f} s, load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; {releases}; Prefect server on {services.database()}")
+    command = (f"PFA_PREFECT_DB={services.database()} " if services.database() != "sqlite" else "") + command
+    for record in records:
+        record["command"] = command
     Path(args.json).write_text(json.dumps(dict(
-        command=(f"PFA_PREFECT_DB={services.database()} " if services.database() != "sqlite" else "") + command,
-        releases=releases, database=services.database(), goal=GOAL, rows=records), indent=1))
+        command=command, releases=releases, database=services.database(), goal=GOAL, rows=records), indent=1))
     print(f"samples: {args.json}")
     print()
     print("| benchmark | stock | patched | ratio | goal | met? |")

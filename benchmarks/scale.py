@@ -489,19 +489,51 @@ def table(ray_results: Optional[dict], dask_results: Optional[list]) -> str:
     return "\n".join(lines)
 
 
-def plot(ray_results: Optional[dict], dask_results: Optional[list], command: str, path: Path) -> None:
+def _flows_panel(ax: Any, flows: dict) -> None:
+    """``flow_scale.py``'s rows: patched / stock per runner, wall and driver CPU, each pair's ratio a dot."""
+    names = {"dask": "Dask", "ray": "Ray"}
+    rows = flows["rows"]
+    width = 0.38
+    for i, (key, label) in enumerate((("wall", "wall"), ("cpu", "driver CPU (all threads)"))):
+        xs = [j + (i - 0.5) * width for j in range(len(rows))]
+        ax.bar(xs, [r["ratios"][key] for r in rows], width, label=f"{label}: median patched / median stock")
+        for x, r in zip(xs, rows):
+            pairs = [p[key] / s[key] for s, p in zip(r["samples"]["stock"], r["samples"]["patched"])]
+            ax.plot([x] * len(pairs), pairs, "k.", markersize=4)
+            ax.annotate(f"{r['ratios'][key]:.3f}", (x, r["ratios"][key]), ha="center", va="bottom", fontsize=8)
+    ax.axhline(flows["goal"], color="red", linestyle="--", linewidth=1, label=f"goal ≤ {flows['goal']}")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{names[r['runner']]}\n{r['runs']:,} runs, {r['pairs']} pairs ({r['mode']})" for r in rows],
+                       fontsize=8)
+    ratios = [v for r in rows for v in r["ratios"].values()]
+    ax.set_ylim(min(0.9, min(ratios) - 0.02), max(1.1, max(ratios) + 0.15))  # room for the legend
+    ax.set_ylabel("patched / stock (dots: each pair)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    import textwrap
+
+    commands = sorted({r.get("command", flows["command"]) for r in rows})
+    head = f"Seed flows at size, patched / stock ({flows['database']} server; {flows['releases']})"
+    ax.set_title("\n".join(textwrap.wrap(head, 80) + [line for c in commands for line in textwrap.wrap(f"$ {c}", 80)]),
+                 fontsize=7)
+
+
+def plot(ray_results: Optional[dict], dask_results: Optional[list], command: Any, path: Path,
+         versions: Optional[Dict[str, str]] = None, flows: Optional[dict] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (["order", "idle"] if ray_results else []) + (["dask"] if dask_results else [])
+    versions = versions or _versions()
+    panels = (["order", "idle"] if ray_results else []) + (["dask"] if dask_results else []) + (["flows"] if flows else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
-    versions = f"Ray {sys.modules['ray'].__version__}" if ray_results else ""
     for ax, panel in zip(axes[0], panels):
+        if panel == "flows":
+            _flows_panel(ax, flows)
+            continue
         if panel == "dask":
-            import distributed
-
             xs = [r["n"] for r in dask_results]
             for side, style, label in (("batched", "o-", "batched on the loop (this design)"),
                                        ("per-future", "s:", "add_done_callback per future (previous)")):
@@ -509,7 +541,7 @@ def plot(ray_results: Optional[dict], dask_results: Optional[list], command: str
                 for r in dask_results:
                     ax.annotate(f"{r[side]['per_future'] * 1e6:.1f} µs/future", (r["n"], r[side]["extra"] * 100),
                                 fontsize=8)
-            subject = f"Dask {distributed.__version__}: extra driver CPU, N futures completing"
+            subject = f"Dask {versions['distributed']}: extra driver CPU, N futures completing"
         else:
             new, old = ray_results[panel], ray_results[f"{panel}_old"]
             ax.plot([r["n"] for r in new], [r["thread"] * 100 for r in new], "o-", label="new watcher (thread CPU)")
@@ -520,18 +552,37 @@ def plot(ray_results: Optional[dict], dask_results: Optional[list], command: str
             if panel == "order":
                 shuffled = ray_results["shuffled"]
                 ax.plot([r["n"] for r in shuffled], [r["thread"] * 100 for r in shuffled], "^", label="new, random order")
-                subject = f"{versions}: N refs completing at {RATE:g}/s"
+                subject = f"Ray {versions['ray']}: N refs completing at {RATE:g}/s"
             else:
-                subject = f"{versions}: N refs pending, none completing"
+                subject = f"Ray {versions['ray']}: N refs pending, none completing"
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1)
         ax.set_xlabel("N")
         ax.set_ylabel("extra driver CPU (% of a core)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title(f"{subject}\n$ {command}", fontsize=8)
+        # one command for every panel, or one per part ({"ray": ..., "dask": ...}): the run that made it
+        made_by = command if isinstance(command, str) else command["dask" if panel == "dask" else "ray"]
+        ax.set_title(f"{subject}\n$ {made_by}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _versions() -> Dict[str, str]:
+    """The releases measured: this environment's (the rows are measured in it)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("ray", "distributed")}
+
+
+def _flows(path: Optional[str]) -> Optional[dict]:
+    if not path:
+        return None
+    if not Path(path).exists():
+        print(f"scale.py: no flow rows at {path} (run benchmarks/flow_scale.py first); the picture leaves them out",
+              file=sys.stderr)
+        return None
+    return json.loads(Path(path).read_text())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -542,15 +593,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--png", help="default: benchmarks/scale.png (--quick: in the temp dir)")
     parser.add_argument("--json", help="where the measured rows are written (default: beside the PNG)")
     parser.add_argument("--replot", metavar="JSON", help="draw the PNG from a run's rows, measure nothing")
+    parser.add_argument("--flows", metavar="JSON", help="flow_scale.py's samples, drawn as the last panel (default: "
+                                                          "benchmarks/flow_scale.json; --quick: the temp dir's)")
     args = parser.parse_args(argv)
+    args.flows = args.flows or str(Path(tempfile.gettempdir()) / "pfa-flow-scale.json" if args.quick
+                                   else HERE / "flow_scale.json")
     # Quick sizes are no verdict: they never overwrite the committed picture and rows.
     args.png = args.png or str(Path(tempfile.gettempdir()) / "pfa-scale-quick.png" if args.quick else HERE / "scale.png")
     args.json = args.json or str(Path(args.png).with_suffix(".json"))
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
-        import distributed  # noqa: F401  (the versions in the titles: the same environment's)
-        import ray  # noqa: F401
-        plot(saved["ray"], saved["dask"], saved["command"], Path(args.png))
+        plot(saved["ray"], saved["dask"], saved.get("commands") or saved["command"], Path(args.png), saved.get("versions"),
+             _flows(args.flows))
         print(f"plot: {args.png}")
         return 0
     if not args.no_plot:
@@ -565,9 +619,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(f"`{command}` ({sys.executable}; Python {platform.python_version()})\n")
     print(table(ray_results, dask_results))
-    Path(args.json).write_text(json.dumps(dict(command=command, ray=ray_results, dask=dask_results), indent=1))
+    versions = _versions()
+    Path(args.json).write_text(json.dumps(dict(command=command, versions=versions, ray=ray_results, dask=dask_results),
+                                          indent=1))
     if not args.no_plot:
-        plot(ray_results, dask_results, command, Path(args.png))
+        plot(ray_results, dask_results, command, Path(args.png), versions, _flows(args.flows))
         print(f"\nplot: {args.png}")
     return 0
 
