@@ -1,0 +1,135 @@
+"""Where a Ray seed flow's driver CPU goes, per Python thread, stock vs patched.
+
+    .nox/matrix-3-9-1/bin/python research/flow_threads/flow_threads.py 1000 patched stock
+
+Starts a Prefect server and a local Ray head (benchmarks/services.py), then runs
+one flow of ``runs`` task runs (the seed's pattern, benchmarks/flow_scale.py, its
+phases timed: submit loop, wait, results, the runner's exit) per side named, each in a fresh interpreter after a 20-run warm-up flow.  Prints, per
+side, the flow's wall and process CPU, the whole machine's CPU over the flow (every
+process: Ray's raylet and workers, the Prefect server, its database), the CPU of every Python thread that ran
+during the flow (summed by thread name, ended threads included: the watcher's
+thread ends at the runner's exit), and for the patched side the watcher's own
+figures: rounds, refs listed, CPU inside ``Watcher._ready`` (lock, check and
+``ray.wait``) and inside the release callbacks.
+"""
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import services  # noqa: E402  (the environment before prefect is imported)
+import flow_scale  # noqa: E402
+
+PY = collections.defaultdict(float)
+_run = threading.Thread.run
+
+
+def _timed_run(self):
+    started = time.thread_time()
+    try:
+        _run(self)
+    finally:
+        PY[re.sub(r"[-_]?\d+", "", self.name)] += time.thread_time() - started
+
+
+threading.Thread.run = _timed_run
+
+
+def instrument() -> None:
+    import prefect_future_anchor.ray_watch as rw
+
+    ready, take = rw.Watcher._ready, rw.Watcher._take
+
+    def _ready(self, refs):
+        started = time.thread_time()
+        try:
+            return ready(self, refs)
+        finally:
+            PY["watcher: in _ready"] += time.thread_time() - started
+            PY["watcher: rounds"] += 1
+            PY["watcher: refs listed"] += len(refs)
+
+    def timed(callback):
+        def call():
+            started = time.thread_time()
+            try:
+                callback()
+            finally:
+                PY["watcher: in callbacks"] += time.thread_time() - started
+                PY["watcher: callbacks"] += 1
+
+        return call
+
+    def _take(self, ref):
+        return [(timed(on_ready), on_lost) for on_ready, on_lost in take(self, ref)]
+
+    rw.Watcher._ready, rw.Watcher._take = _ready, _take
+
+
+PHASES: dict = {}
+
+
+def timed_seed_pairs(pairs: int) -> int:
+    """``flow_scale.seed_pairs`` with its phases timed: the submit loop, the wait, the results."""
+    from prefect.futures import wait
+
+    task1, task2 = flow_scale._seed_tasks()
+    PHASES["body start"] = time.perf_counter()
+    children = [task2.submit(task1.submit()) for _ in range(pairs)]
+    PHASES["submitted"] = time.perf_counter()
+    wait(children)
+    PHASES["waited"] = time.perf_counter()
+    total = sum(child.result() for child in children)
+    PHASES["body end"] = time.perf_counter()
+    return total
+
+
+def machine_busy() -> float:
+    """Seconds of CPU every process of the machine has used (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def one(side: str, runs: int, address: str) -> None:
+    flow_scale.seed_pairs = timed_seed_pairs
+    if side == "patched":
+        instrument()
+    flow_scale.one_flow("ray", side, 20, address)
+    PY.clear()
+    main, busy = time.thread_time(), machine_busy()
+    result = flow_scale.one_flow("ray", side, runs, address)
+    busy = machine_busy() - busy
+    PY["MainThread"] = time.thread_time() - main
+    ended = time.perf_counter()
+    marks = ["body start", "submitted", "waited", "body end"]
+    phases = {f"{a} -> {b}": round(PHASES[b] - PHASES[a], 2) for a, b in zip(marks, marks[1:])}
+    phases["body end -> flow returned"] = round(ended - PHASES["body end"], 2)
+    print(json.dumps({"flow": result, "machine CPU": round(busy, 1), "phases": phases,
+                      "threads": {k: round(v, 2) for k, v in sorted(PY.items(), key=lambda kv: -kv[1])}}))
+
+
+def main() -> None:
+    runs, sides = int(sys.argv[1]), sys.argv[2:]
+    with services.prefect_server(), flow_scale.cluster("ray") as address:
+        for side in sides:
+            out = subprocess.run([sys.executable, __file__, "--one", side, str(runs), address],
+                                 capture_output=True, text=True, env=dict(os.environ))
+            print(side, out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-3000:], flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        one(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main()
