@@ -437,13 +437,7 @@ def run_left_running(runner, path: str, how: str = "return", timeout: Any = None
         if how == "interrupted":
             raise KeyboardInterrupt
         if how == "times out":
-            # Waits in short slices, as a flow polling its run would: a Ray future's
-            # unbounded wait() blocks in Ray's C++ wait, where prefect 3.9.1's timeout of
-            # a sync flow (an exception sent to this thread) is never delivered; between
-            # slices it is, on every runner and release.
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                slow.wait(timeout=0.2)
+            slow.wait()
 
     test_flow = flow(leaves_a_run, name=f"leaves-a-run-{how.replace(' ', '-')}", task_runner=runner, timeout_seconds=timeout)
     if how == "interrupted":
