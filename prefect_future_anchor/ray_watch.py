@@ -126,7 +126,6 @@ class Watcher:
         self._per_ref = 2.5e-6  # a round's thread CPU per ref listed (moving average)
         self._front = MIN_OLDEST  # this round's window sizes (they follow what the last found)
         self._back = MIN_NEWEST
-        self._windows = (0, 0)  # how many of this round's refs were the oldest, the newest
         self._interval = POLL_SECONDS
         self._due = 0.0
         self._last = 0.0
@@ -221,13 +220,13 @@ class Watcher:
                     break
                 self._changed.wait(wait)
             started, rounds = time.thread_time(), self.rounds
-            refs = self._plan(time.monotonic())
+            refs, front, back = self._plan(time.monotonic())
         ready = self._ready(refs)
         if ready is None:
             self._lose_all(me)
             return False
         with self._changed:
-            self._follow(refs, ready)
+            self._follow(refs, ready, front, back)
             callbacks = [on_ready for ref in ready for on_ready, _lost in self._take(ref)]
             # The whole round's CPU paces the sweep (planning, probe and bookkeeping),
             # counted only for a round that probed (not one that found Ray's lock taken).
@@ -264,23 +263,22 @@ class Watcher:
 
     # -- bookkeeping (under the lock) ---------------------------------------------------
 
-    def _plan(self, now: float) -> List[Any]:
-        """This round's refs: the oldest, the newest and a budgeted slice of the sweep."""
+    def _plan(self, now: float) -> Tuple[List[Any], int, int]:
+        """This round's refs (the oldest, the newest and a budgeted slice of the sweep),
+        and how many of them lead the list as the oldest and then the newest."""
         pending = self._pending
         n = len(pending)
         rate = min(n / max(SWEEP_FLOOR, n * SWEEP_PER_PENDING), SWEEP_BUDGET / self._per_ref)  # refs per second
         self._credit = min(self.max_chunk, self._credit + (now - self._last) * rate)
         self._last = now
         front, back = min(self._front, self.oldest), min(self._back, self.newest)
-        if len(pending) <= front + back:
-            self._windows = (len(pending), 0)
-            return list(pending)
+        if n <= front + back:
+            return list(pending), n, 0
         refs = list(islice(pending, front))
         refs += islice(reversed(pending.keys()), back)
-        self._windows = (front, back)
         want = int(self._credit)
         if want <= 0:
-            return refs
+            return refs, front, back
         listed = set(refs)
         chunk: List[Any] = []
         restarted = False
@@ -299,14 +297,13 @@ class Watcher:
             self._cursor = start + len(part)
             chunk += [ref for ref in part if ref is not None and ref not in listed]
         self._credit -= len(chunk)
-        return refs + chunk
+        return refs + chunk, front, back
 
-    def _follow(self, refs: List[Any], ready: List[Any]) -> None:
-        """Size the next round's windows by what this round found in each: four times
-        as many, so a burst at the front widens them fast and a quiet flow keeps them
-        small; never below the floors."""
-        front, back = self._windows
-        if not ready or not front:
+    def _follow(self, refs: List[Any], ready: List[Any], front: int, back: int) -> None:
+        """Size the next round's windows by what this round found in each (its first
+        ``front`` refs, then ``back``): four times as many, so a burst at the front
+        widens them fast and a quiet flow keeps them small; never below the floors."""
+        if not ready:
             found_front = found_back = 0
         else:
             seen = set(ready)
