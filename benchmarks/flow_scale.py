@@ -175,11 +175,11 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
         samples = measure(kind, runs, pairs, mode, address)
     how = "alternating in one process" if mode == "alternate" else "fresh processes, alternating"
     loads = [s["load_start"] for side in SIDES for s in samples[side]] + [s["load_end"] for side in SIDES for s in samples[side]]
-    out = []
+    out, ratios = [], {}
     for key, what in (("wall", "wall"), ("cpu", "driver CPU, all threads")):
         stock = statistics.median(s[key] for s in samples["stock"])
         patched = statistics.median(s[key] for s in samples["patched"])
-        ratio = patched_over_stock(samples, key)
+        ratio = ratios[key] = patched / stock
         out.append((
             f"flow of {runs:,} task runs ({runs // 2:,} seed pairs, parents dropped) on {NAMES[kind]}, {what} "
             f"(median of {pairs} per side, {how}; {_spread(samples, key)}; load average {min(loads):.1f}–{max(loads):.1f}; "
@@ -189,14 +189,7 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
     warnings = {side: sum(s["warnings"] for s in samples[side]) for side in SIDES}
     print(f"  {kind}: 'garbage collected' warnings stock {warnings['stock']}, patched {warnings['patched']}",
           file=sys.stderr, flush=True)
-    record = dict(runner=kind, runs=runs, pairs=pairs, mode=mode, samples=samples,
-                  ratios={key: patched_over_stock(samples, key) for key in ("wall", "cpu")})
-    return out, record
-
-
-def patched_over_stock(samples: Dict[str, List[Dict[str, float]]], key: str) -> float:
-    """The figure of a row: median patched over median stock."""
-    return statistics.median(s[key] for s in samples["patched"]) / statistics.median(s[key] for s in samples["stock"])
+    return out, dict(runner=kind, runs=runs, pairs=pairs, mode=mode, samples=samples, ratios=ratios)
 
 
 def main(argv=None) -> int:
@@ -221,7 +214,9 @@ def main(argv=None) -> int:
     releases = ", ".join(f"{d} {version(d)}" for d in ("prefect", "prefect-dask", "prefect-ray", "ray", "distributed"))
     started, load = time.monotonic(), os.getloadavg()[0]
     table, records = [], []
-    command = " ".join(["python benchmarks/flow_scale.py"] + list(argv if argv is not None else sys.argv[1:]))
+    database = services.database()
+    command = " ".join((["PFA_PREFECT_DB=postgres"] if database == "postgres" else []) + ["python benchmarks/flow_scale.py"]
+                       + list(argv if argv is not None else sys.argv[1:]))
     with services.prefect_server():
         for kind in kinds:
             with cluster(kind) as address:
@@ -233,12 +228,11 @@ def main(argv=None) -> int:
     print()
     print(f"{command}: "
           f"{time.monotonic() - started:.0f} s, load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
-          f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; {releases}; Prefect server on {services.database()}")
-    command = (f"PFA_PREFECT_DB={services.database()} " if services.database() != "sqlite" else "") + command
+          f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; {releases}; Prefect server on {database}")
     for record in records:
-        record["command"] = command
+        record["command"] = command  # each row names its run, also once rows of two runs are merged
     Path(args.json).write_text(json.dumps(dict(
-        command=command, releases=releases, database=services.database(), goal=GOAL, rows=records), indent=1))
+        command=command, releases=releases, database=database, goal=GOAL, rows=records), indent=1))
     print(f"samples: {args.json}")
     print()
     print("| benchmark | stock | patched | ratio | goal | met? |")

@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -511,8 +512,6 @@ def _flows_panel(ax: Any, flows: dict) -> None:
     ax.set_ylabel("patched / stock (dots: each pair)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    import textwrap
-
     commands = sorted({r.get("command", flows["command"]) for r in rows})
     head = f"Seed flows at size, patched / stock ({flows['database']} server; {flows['releases']})"
     ax.set_title("\n".join(textwrap.wrap(head, 80) + [line for c in commands for line in textwrap.wrap(f"$ {c}", 80)]),
