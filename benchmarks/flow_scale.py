@@ -11,6 +11,7 @@ each flow's runner connects to it, as production flows do.
 Two ways to pair the sides, both on the same cluster and Prefect server:
 - ``fresh`` (the default): every flow in a fresh interpreter (after an unmeasured
   warm-up flow of 20 runs in it), the order swapped every pair;
+(either way after one unmeasured flow of half the size on the new cluster and server);
 - ``alternate``: every flow in this one process, the order swapped every pair.
 ``--mode both`` runs the two at one size and prints the spread of their per-pair
 ratios, the way to choose between them.  At 40 runs x 3 pairs (prefect 3.9.1,
@@ -20,7 +21,7 @@ driver CPU and varied more (4.4-6.1 s per 40 runs) than in fresh ones (3.1-3.6 s
 PostgreSQL-backed with ``PFA_PREFECT_DB=postgres`` (``services.postgres``).
 
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
-    python benchmarks/flow_scale.py                          # 2,000 runs a flow, three pairs per runner
+    python benchmarks/flow_scale.py                          # 2,000 runs a flow, four pairs per runner
     PFA_PREFECT_DB=postgres python benchmarks/flow_scale.py  # the server on a PostgreSQL of its own
     python benchmarks/flow_scale.py --runner ray --runs 1000 --pairs 1
     python benchmarks/flow_scale.py --mode both --runs 200 --pairs 4 --runner dask
@@ -145,11 +146,20 @@ def cluster(kind: str) -> Iterator[str]:
 
 
 def measure(kind: str, runs: int, pairs: int, mode: str, address: str) -> Dict[str, List[Dict[str, float]]]:
-    """``pairs`` stock/patched pairs, the order swapped every pair; the samples of each side."""
+    """``pairs`` stock/patched pairs, the order swapped every pair; the samples of each side.
+
+    First, unmeasured, one flow of ``runs // 2`` runs on the new cluster and server: the
+    first large flow they serve runs long (2026-12-02, Ray, 2,000 runs: 271 s against
+    209-216 s for the next three, research/flow_threads/FINDINGS.md), and without this
+    the side that goes first in the first pair would carry it."""
     samples: Dict[str, List[Dict[str, float]]] = {side: [] for side in SIDES}
     if mode == "alternate":
         for side in SIDES:
             one_flow(kind, side, WARM_UP_RUNS, address)
+    if runs // 2 > WARM_UP_RUNS:
+        warm = (one_flow if mode == "alternate" else _fresh_flow)(kind, "stock", runs // 2, address)
+        print(f"  {kind} {mode} warm-up flow of {runs // 2} runs (not counted): wall {warm['wall']:.1f} s",
+              file=sys.stderr, flush=True)
     for pair in range(pairs):
         for side in SIDES if pair % 2 == 0 else SIDES[::-1]:
             sample = (one_flow if mode == "alternate" else _fresh_flow)(kind, side, runs, address)
@@ -159,8 +169,13 @@ def measure(kind: str, runs: int, pairs: int, mode: str, address: str) -> Dict[s
     return samples
 
 
+def pair_ratios(samples: Dict[str, List[Dict[str, float]]], key: str) -> List[float]:
+    """Patched / stock of each pair (the n-th flow of each side)."""
+    return [p[key] / s[key] for s, p in zip(samples["stock"], samples["patched"])]
+
+
 def _spread(samples: Dict[str, List[Dict[str, float]]], key: str) -> str:
-    ratios = [p[key] / s[key] for s, p in zip(samples["stock"], samples["patched"])]
+    ratios = pair_ratios(samples, key)
     if len(ratios) < 2:
         return f"pair ratio {ratios[0]:.3f}"
     return (f"pair ratios {min(ratios):.3f}–{max(ratios):.3f} (median {statistics.median(ratios):.3f}, "
@@ -197,13 +212,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 runs a flow, one pair per runner")
     parser.add_argument("--runner", choices=("dask", "ray", "both"), default="both")
     parser.add_argument("--runs", type=int, help="task runs per flow (default 2,000; --quick 100)")
-    parser.add_argument("--pairs", type=int, help="stock/patched pairs per runner (default 3; --quick 1)")
+    parser.add_argument("--pairs", type=int, help="stock/patched pairs per runner (default 4: each side first in "
+                                                  "two; --quick 1)")
     parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="fresh")
     parser.add_argument("--json", help="where the samples are written (default: benchmarks/flow_scale.json for the "
                                        "full size on both runners, else the temp dir); scale.py draws them")
     args = parser.parse_args(argv)
     runs = args.runs or (100 if args.quick else FULL_RUNS)
-    args.pairs = args.pairs or (1 if args.quick else 3)
+    args.pairs = args.pairs or (1 if args.quick else 4)
     # Only the full size on both runners is the verdict the committed picture shows.
     full = runs == FULL_RUNS and args.runner == "both"
     args.json = args.json or str(HERE / "flow_scale.json" if full else Path(tempfile.gettempdir()) / "pfa-flow-scale.json")

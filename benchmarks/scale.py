@@ -49,6 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import services  # noqa: E402,F401  (the environment before Ray / Dask start)
+import flow_scale  # noqa: E402  (pair_ratios, for the flows panel)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -499,7 +500,7 @@ def _flows_panel(ax: Any, flows: dict) -> None:
         xs = [j + (i - 0.5) * width for j in range(len(rows))]
         ax.bar(xs, [r["ratios"][key] for r in rows], width, label=f"{label}: median patched / median stock")
         for x, r in zip(xs, rows):
-            pairs = [p[key] / s[key] for s, p in zip(r["samples"]["stock"], r["samples"]["patched"])]
+            pairs = flow_scale.pair_ratios(r["samples"], key)
             ax.plot([x] * len(pairs), pairs, "k.", markersize=4)
             ax.annotate(f"{r['ratios'][key]:.3f}", (x, r["ratios"][key]), ha="center", va="bottom", fontsize=8)
     ax.axhline(flows["goal"], color="red", linestyle="--", linewidth=1, label=f"goal ≤ {flows['goal']}")

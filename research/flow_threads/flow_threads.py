@@ -101,21 +101,62 @@ def machine_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _group(pid: int, cmdline: str) -> str:
+    if pid == os.getpid():
+        return "this driver"
+    for word, name in (("raylet", "raylet"), ("gcs_server", "gcs_server"), ("default_worker", "ray workers"),
+                       ("ray::", "ray workers"), ("postgres", "postgres"), ("uvicorn", "prefect server"),
+                       ("prefect", "prefect server"), ("dashboard", "ray dashboard/agents"),
+                       ("ray/_private", "ray other"), ("ray/autoscaler", "ray other")):
+        if word in cmdline:
+            return name
+    return "other"
+
+
+def processes() -> dict:
+    """CPU seconds of every process now (its own plus its reaped children's), by pid, with its group."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        cpu = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+        out[int(entry)] = (_group(int(entry), cmdline), cpu)
+    return out
+
+
+def by_group(before: dict, after: dict) -> dict:
+    groups: dict = collections.defaultdict(float)
+    for pid, (group, cpu) in after.items():
+        start = before.get(pid, (group, 0.0))[1]
+        groups[group] += cpu - start
+    for pid, (group, _cpu) in before.items():
+        if pid not in after:
+            groups["ended during the flow (unknown)"] += 0.0
+    return {k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+
+
 def one(side: str, runs: int, address: str) -> None:
     flow_scale.seed_pairs = timed_seed_pairs
     if side == "patched":
         instrument()
     flow_scale.one_flow("ray", side, 20, address)
     PY.clear()
-    main, busy = time.thread_time(), machine_busy()
+    main, busy, before = time.thread_time(), machine_busy(), processes()
     result = flow_scale.one_flow("ray", side, runs, address)
-    busy = machine_busy() - busy
+    busy, groups = machine_busy() - busy, by_group(before, processes())
     PY["MainThread"] = time.thread_time() - main
     ended = time.perf_counter()
     marks = ["body start", "submitted", "waited", "body end"]
     phases = {f"{a} -> {b}": round(PHASES[b] - PHASES[a], 2) for a, b in zip(marks, marks[1:])}
     phases["body end -> flow returned"] = round(ended - PHASES["body end"], 2)
-    print(json.dumps({"flow": result, "machine CPU": round(busy, 1), "phases": phases,
+    print(json.dumps({"flow": result, "machine CPU": round(busy, 1), "by process": groups, "phases": phases,
                       "threads": {k: round(v, 2) for k, v in sorted(PY.items(), key=lambda kv: -kv[1])}}))
 
 
