@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import services  # noqa: E402  (sets the environment before prefect is imported)
 
 SIZES = {
-    "full": dict(submit_rounds=15, submit_batch=50, wall_pairs=2, wall_tasks=1000, memory_rounds=2000, startup_runs=150,
+    "full": dict(submit_alternations=12, submit_alternation_batch=100, submit_rounds=15, submit_batch=50, wall_pairs=2, wall_tasks=1000, memory_rounds=2000, startup_runs=150,
                  driver_pairs=3),
-    "quick": dict(submit_rounds=4, submit_batch=20, wall_pairs=1, wall_tasks=100, memory_rounds=100, startup_runs=20,
+    "quick": dict(submit_alternations=6, submit_alternation_batch=10, submit_rounds=4, submit_batch=20, wall_pairs=1, wall_tasks=100, memory_rounds=100, startup_runs=20,
                   driver_pairs=1),
 }
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         ]
         if not args.ray_only:
             parts = [
-                lambda: submit.rows(size["submit_rounds"], size["submit_batch"]),
+                lambda: submit.rows(size["submit_alternations"], size["submit_alternation_batch"]),
                 lambda: driver_memory.rows("dask", size["driver_pairs"]),
                 *parts,
                 lambda: flow_wall.rows(size["wall_pairs"], size["wall_tasks"]),

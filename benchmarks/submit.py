@@ -1,8 +1,8 @@
 """What a submit costs the user, stock vs patched, with workers running the tasks (issue 21).
 
-    python benchmarks/submit.py                        # Dask and Ray, 8 alternations of 100 submits
-    python benchmarks/submit.py --runners dask --shapes scalar --alternations 16
-    python benchmarks/submit.py --runners dask --per-run-callbacks   # the previous Dask design
+    python benchmarks/submit.py                        # Dask and Ray, 12 alternations of 100 submits
+    python benchmarks/submit.py --runners dask --shapes scalar --alternations 24
+    python benchmarks/submit.py --runners dask --no-previous   # without the previous Dask design's side
     python benchmarks/submit.py --quick                # shows it works; its figures are not verdicts
 
 The case a user is in: a cluster whose worker runs the tasks while the flow
@@ -12,11 +12,11 @@ local Ray of this process with one CPU), inside one flow.  Each batch is
 the same plus a 20,000-element list), timed as one loop; then the batch is left
 to finish (untimed) so every batch starts from an idle worker.
 
-Batches alternate between the sides, the order swapped every alternation (an
-even number of them, so each side goes first equally often: a batch that
-follows the other side's pays for what that side left, and a median over an
-odd count of alternations is pulled toward the side that went first more
-often), and the shim is toggled between them with ``install()`` / ``uninstall()``: the
+Batches alternate between the sides, the order rotated every alternation (a
+multiple of the number of sides, so each side goes first equally often: a batch
+that follows another side's pays for what that side left, and a median over
+alternations that favour one side is pulled toward it), and the shim is toggled
+between them with ``install()`` / ``uninstall()``: the
 stock side is then stock Prefect through and through (no wrapper in the call,
 no ``client`` property of the shim, no ``__del__`` wrapper), and whatever the
 patched submits set going beside the submitting thread (Dask's completion
@@ -29,9 +29,10 @@ submitting thread's own CPU, and the process's CPU per run over the batch's
 whole life (the loop, then every run resolved and released: the completion
 work the shim adds on the client's event loop counts here wherever it falls);
 and the shim's own work inside a patched submit (``shim_work_timer``), which
-does not depend on the machine's noise.  ``--per-run-callbacks`` measures the
-previous Dask design (one ``Future.add_done_callback`` per run) as the patched
-side.
+does not depend on the machine's noise.  On Dask a third side, ``previous``,
+is the previous design (``dask_runner.BATCHED = False``: one
+``Future.add_done_callback`` per run, what users measured at 1.05-1.08), in
+the same alternations: the benchmark shows what it can tell apart.
 
 The benchmark this one replaces alternated single submits against a scheduler
 with no workers: a submit took 60 ms there (nothing drained the scheduler's
@@ -64,6 +65,8 @@ SHAPES = {
     "20,000-element list parameter": lambda: list(range(20_000)),
 }
 RUNNERS = ("dask", "ray")
+#: The sides each runner alternates: stock, this design, and on Dask the previous design.
+SIDES = {"dask": ("stock", "patched", "previous"), "ray": ("stock", "patched")}
 #: What is sampled per batch and side (per patched submit also: the shim's own work).
 WHAT = {
     "wall": "wall time per submit",
@@ -123,13 +126,15 @@ def _integration(runner: str) -> Any:
     return runtime
 
 
-def _side(patched: bool) -> None:
+def _side(side: str) -> None:
     import prefect_future_anchor
+    from prefect_future_anchor import dask_runner
 
-    if patched:
-        prefect_future_anchor.install()
-    else:
+    dask_runner.BATCHED = side != "previous"
+    if side == "stock":
         prefect_future_anchor.uninstall()
+    else:
+        prefect_future_anchor.install()
 
 
 def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], side: str, integration: Any) -> None:
@@ -142,7 +147,7 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
     parent.wait(600)
     futures = []
     parameters = {"x": parent} if items is None else {"x": parent, "items": items}
-    timer = shim_work_timer(samples["shim work"], integration) if side == "patched" else contextlib.nullcontext()
+    timer = shim_work_timer(samples[f"{side} shim work"], integration) if side != "stock" else contextlib.nullcontext()
     with timer:
         start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
         for _ in range(count):
@@ -158,26 +163,27 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
         samples[f"{side} {measure}"].append(value / count)
 
 
-def _body(runner: str, alternations: int, batch: int, shapes: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
+def _body(runner: str, alternations: int, batch: int, shapes: Sequence[str],
+          sides: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
     integration = _integration(runner)
     results: Dict[str, Dict[str, List[float]]] = {}
     try:
         for shape in shapes:
             items = SHAPES[shape]()
-            keys = [f"{side} {m}" for side in ("stock", "patched") for m in MEASURES] + ["shim work"]
+            keys = [f"{side} {m}" for side in sides for m in MEASURES + ("shim work",)]
             samples = results[shape] = {key: [] for key in keys}
             warm = {key: [] for key in keys}
-            for side in ("stock", "patched"):
-                _side(side == "patched")
+            for side in sides:
+                _side(side)
                 _batch(items, min(batch, 20), warm, side, integration)
-            # Each side goes first in half the alternations (stock first in even
-            # ones): whatever the first batch of a pair pays for falls on both.
+            # The order rotates every alternation, each side first in as many:
+            # whatever the batch after another side's pays for falls on all.
             for i in range(alternations):
-                for side in ("stock", "patched") if i % 2 == 0 else ("patched", "stock"):
-                    _side(side == "patched")
+                for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+                    _side(side)
                     _batch(items, batch, samples, side, integration)
     finally:
-        _side(False)
+        _side("stock")
     return results
 
 
@@ -206,13 +212,14 @@ def _runner(kind: str) -> Iterator[Any]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def measure(kind: str, alternations: int, batch: int, shapes: Sequence[str] = tuple(SHAPES)):
+def measure(kind: str, alternations: int, batch: int, shapes: Sequence[str] = tuple(SHAPES),
+            sides: Sequence[str] = ("stock", "patched")):
     """Per-submit seconds of each batch, by shape and side, on a fresh cluster of ``kind``."""
     from prefect import flow
 
     with _runner(kind) as runner:
         return flow(_body, name=f"bench-submit-{kind}", task_runner=runner, log_prints=False)(
-            kind, alternations, batch, shapes
+            kind, alternations, batch, shapes, tuple(sides)
         )
 
 
@@ -222,70 +229,70 @@ def available_runners() -> List[str]:
     return [kind for kind in RUNNERS if importlib.util.find_spec(f"prefect_{kind}") is not None]
 
 
-def design() -> str:
-    """Which completion design the patched Dask side uses (``dask_runner.BATCHED``)."""
-    from prefect_future_anchor import dask_runner
-
-    return "completions batched on the loop" if dask_runner.BATCHED else "one add_done_callback per run"
+#: What each patched side is, in the rows' names.
+DESIGNS = {"patched": "this design", "previous": "previous design, one add_done_callback per run"}
 
 
-def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shapes: Sequence[str] = tuple(SHAPES)):
+def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shapes: Sequence[str] = tuple(SHAPES),
+         previous: bool = True):
     """Table rows: (name, stock, patched, ratio, goal, met).  ``rounds``: alternations."""
     from importlib.metadata import version
 
     out = []
     for kind in runners or available_runners():
         release = f"prefect {version('prefect')}, prefect-{kind} {version('prefect-' + kind)}"
-        if kind == "dask":
-            release += f"; {design()}"
-        for shape, samples in measure(kind, rounds, batch, shapes).items():
-            label = f"{kind.capitalize()} submit with a worker, {shape}, {release}"
-            for measure_name in MEASURES:
-                stock, patched = samples[f"stock {measure_name}"], samples[f"patched {measure_name}"]
-                ratios = [p / s for p, s in zip(patched, stock)]
-                ratio = statistics.median(ratios)
-                total = sum(patched) / sum(stock)
+        sides = [side for side in SIDES[kind] if previous or side != "previous"]
+        if rounds % len(sides):
+            raise ValueError(f"{kind}: {rounds} alternations do not let each of its {len(sides)} sides go first "
+                             f"equally often; use a multiple of {len(sides)}")
+        for shape, samples in measure(kind, rounds, batch, shapes, sides).items():
+            for side in sides[1:]:
+                label = f"{kind.capitalize()} submit with a worker, {shape}, {release}, {DESIGNS[side]}"
+                for measure_name in MEASURES:
+                    stock, patched = samples[f"stock {measure_name}"], samples[f"{side} {measure_name}"]
+                    ratios = [p / s for p, s in zip(patched, stock)]
+                    ratio = statistics.median(ratios)
+                    total = sum(patched) / sum(stock)
+                    out.append(
+                        (f"{label}: {WHAT[measure_name]} (median of {len(ratios)} alternations of {batch}-submit "
+                         f"batches; per-batch ratios {min(ratios):.3f}-{max(ratios):.3f}, ratio of the totals "
+                         f"{total:.3f})", f"{statistics.median(stock) * 1e6:.0f} µs",
+                         f"{statistics.median(patched) * 1e6:.0f} µs", f"{ratio:.3f}", "≤ 1.02", ratio <= 1.02)
+                    )
+                work_samples = samples[f"{side} shim work"]
+                work = statistics.median(work_samples) * 1e6
+                stock_wall = statistics.median(samples["stock wall"]) * 1e6
                 out.append(
-                    (f"{label}: {WHAT[measure_name]} (median of {len(ratios)} alternations of {batch}-submit "
-                     f"batches; per-batch ratios {min(ratios):.3f}-{max(ratios):.3f}, ratio of the totals "
-                     f"{total:.3f})", f"{statistics.median(stock) * 1e6:.0f} µs",
-                     f"{statistics.median(patched) * 1e6:.0f} µs", f"{ratio:.3f}", "≤ 1.02", ratio <= 1.02)
+                    (f"{label}: the shim's own work per patched submit (median of {len(work_samples)})", "–",
+                     f"{work:.0f} µs", f"{1 + work / stock_wall:.4f}", "≤ 1.02", 1 + work / stock_wall <= 1.02)
                 )
-            work = statistics.median(samples["shim work"]) * 1e6
-            stock_wall = statistics.median(samples["stock wall"]) * 1e6
-            out.append(
-                (f"{label}: the shim's own work per patched submit (median of {len(samples['shim work'])})", "–",
-                 f"{work:.0f} µs", f"{1 + work / stock_wall:.4f}", "≤ 1.02", 1 + work / stock_wall <= 1.02)
-            )
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runners", default=",".join(available_runners()))
-    parser.add_argument("--alternations", type=int, default=8)
+    parser.add_argument("--alternations", type=int, default=12, help="a multiple of the sides (Dask 3, Ray 2)")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--shapes", default="scalar,list", help="scalar, list or both (comma-separated)")
-    parser.add_argument("--per-run-callbacks", action="store_true",
-                        help="the patched Dask side registers one add_done_callback per run (the previous design)")
-    parser.add_argument("--quick", action="store_true", help="2 alternations of 20 submits")
+    parser.add_argument("--no-previous", action="store_true",
+                        help="no side for the previous Dask design (one add_done_callback per run)")
+    parser.add_argument("--quick", action="store_true", help="6 alternations of 10 submits")
     args = parser.parse_args(argv)
-    alternations, batch = (2, 20) if args.quick else (args.alternations, args.batch)
-    if alternations % 2:
-        parser.error("--alternations must be even: each side goes first in half of them")
+    alternations, batch = (6, 10) if args.quick else (args.alternations, args.batch)
+    counts = {2 if args.no_previous else len(SIDES.get(r, ("", ""))) for r in args.runners.split(",") if r}
+    sides = 6 if counts == {2, 3} else max(counts, default=2)
+    if alternations % sides:
+        parser.error(f"--alternations must be a multiple of {sides}: each side goes first equally often")
     short = {"scalar": "scalar parameters", "list": "20,000-element list parameter"}
     unknown = sorted(set(args.shapes.split(",")) - set(short))
     if unknown:
         parser.error(f"--shapes: unknown {', '.join(unknown)}; use scalar, list or scalar,list")
     shapes = [short[name] for name in short if name in args.shapes.split(",")]
-    if args.per_run_callbacks:
-        from prefect_future_anchor import dask_runner
-
-        dask_runner.BATCHED = False
     command = "python benchmarks/submit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with services.prefect_server():
-        for row in rows(alternations, batch, [r for r in args.runners.split(",") if r], shapes):
+        for row in rows(alternations, batch, [r for r in args.runners.split(",") if r], shapes, not args.no_previous):
             print(row, flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     return 0
