@@ -142,10 +142,46 @@ def by_group(before: dict, after: dict) -> dict:
     return {k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
 
+#: Patched sides with one part of the shim switched off (after install(), in this process).
+ABLATIONS = {
+    # no crash reader: a completion only releases the run
+    "patched-no-final-states": lambda rr: setattr(rr.runtime, "final_states", False),
+    # no watcher, nothing held: each run is released as soon as it is submitted
+    "patched-release-at-once": lambda rr: setattr(type(rr.runtime), "when_done", lambda self, raw, done, lost: done()),
+    # no watcher, everything held: each run is released at the runner's exit, before the drain
+    "patched-hold-till-exit": lambda rr: _hold_till_exit(rr),
+}
+
+
+def _hold_till_exit(rr) -> None:
+    held = []
+    before_drain = type(rr.runtime).before_drain
+
+    def when_done(self, raw, done, lost):
+        held.append(done)
+
+    def release_all(self):
+        while held:
+            held.pop()()
+        before_drain(self)
+
+    type(rr.runtime).when_done, type(rr.runtime).before_drain = when_done, release_all
+
+
+def _switch(kind: str, side: str) -> None:
+    import prefect_future_anchor
+    import prefect_future_anchor.ray_runner as rr
+
+    prefect_future_anchor.install()
+    ABLATIONS[side](rr)
+
+
 def one(side: str, runs: int, address: str) -> None:
     flow_scale.seed_pairs = timed_seed_pairs
-    if side == "patched":
+    if side.startswith("patched"):
         instrument()
+    if side in ABLATIONS:
+        flow_scale._switch = _switch
     flow_scale.one_flow("ray", side, 20, address)
     PY.clear()
     main, busy, before = time.thread_time(), machine_busy(), processes()
@@ -160,13 +196,33 @@ def one(side: str, runs: int, address: str) -> None:
                       "threads": {k: round(v, 2) for k, v in sorted(PY.items(), key=lambda kv: -kv[1])}}))
 
 
+def worker_logs(address: str) -> set:
+    """The worker processes the head at ``address`` has started so far (one log file each)."""
+    port = address.rsplit(":", 1)[1]
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a.endswith("raylet") for a in argv[:1]) and any(a.endswith(f":{port}") for a in argv):
+            session = next(a.split("=", 1)[1] for a in argv if a.startswith("--session_dir="))
+            logs = Path(session) / "logs"  # Ray moves the logs of ended workers to logs/old
+            return {n for d in (logs, logs / "old") if d.is_dir() for n in os.listdir(d)
+                    if n.startswith("worker-") and n.endswith(".out")}
+    return set()
+
+
 def main() -> None:
     runs, sides = int(sys.argv[1]), sys.argv[2:]
     with services.prefect_server(), flow_scale.cluster("ray") as address:
         for side in sides:
+            before = worker_logs(address)
             out = subprocess.run([sys.executable, __file__, "--one", side, str(runs), address],
                                  capture_output=True, text=True, env=dict(os.environ))
-            print(side, out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-3000:], flush=True)
+            started = len(worker_logs(address) - before)
+            print(side, f"ray worker processes started: {started};",
+                  out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-3000:], flush=True)
 
 
 if __name__ == "__main__":
