@@ -53,6 +53,9 @@ SWEEP_BUDGET = 0.01
 #: max(BOUND_FLOOR, pending × BOUND_PER_PENDING) seconds (a pass, plus a round).
 BOUND_FLOOR = 2.5
 BOUND_PER_PENDING = 400e-6
+#: A round that listed fewer refs than this does not update the per-ref cost the
+#: sweep is paced by: the call's fixed cost would dominate it.
+PACE_MIN_LISTED = 128
 #: The windows never shrink below these (nor above ``Watcher.oldest`` / ``newest``).
 MIN_OLDEST = 16
 MIN_NEWEST = 8
@@ -319,7 +322,7 @@ class Watcher:
         self._cursor = 0
 
     def _paced(self, listed: int, found: bool, cost: float) -> None:
-        if listed >= 128 and cost > 0:  # fewer: the call's fixed cost dominates
+        if listed >= PACE_MIN_LISTED and cost > 0:
             self._per_ref = max(1e-7, 0.8 * self._per_ref + 0.2 * cost / listed)
         self._interval = POLL_SECONDS if found else min(IDLE_SECONDS, self._interval * 2)
         self._due = self._last + self._interval
