@@ -73,8 +73,12 @@ WHAT = {
     "cpu": "the flow process's CPU per submit (all its threads, over the submit loop)",
     "thread cpu": "the submitting thread's CPU per submit",
     "life cpu": "the flow process's CPU per run over the batch's whole life (submits, completions, releases)",
+    "gc": "time in Python's cyclic garbage collector per submit (any thread, over the submit loop)",
+    "full gc": "full (generation 2) collections per 100 submits (over the submit loop)",
 }
 MEASURES = tuple(WHAT)
+#: The collector's figures, reported as medians and totals (a batch often has none).
+COLLECTOR = ("gc", "full gc")
 
 
 def _up(x):
@@ -137,6 +141,26 @@ def _side(side: str) -> None:
         prefect_future_anchor.install()
 
 
+class _Collections:
+    """Time spent in the cyclic garbage collector, and full collections, while on."""
+
+    def __init__(self) -> None:
+        self.on, self.seconds, self.full, self._started = False, 0.0, 0, 0.0
+
+    def __call__(self, phase: str, info: Dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info.get("generation") == 2
+
+
+_COLLECTIONS = _Collections()
+gc.callbacks.append(_COLLECTIONS)
+
+
 def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], side: str, integration: Any) -> None:
     """One timed batch of ``count`` submits, then the wait for all of them."""
     import prefect_future_anchor
@@ -148,18 +172,21 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
     futures = []
     parameters = {"x": parent} if items is None else {"x": parent, "items": items}
     timer = shim_work_timer(samples[f"{side} shim work"], integration) if side != "stock" else contextlib.nullcontext()
+    _COLLECTIONS.seconds, _COLLECTIONS.full, _COLLECTIONS.on = 0.0, 0, True
     with timer:
         start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
         for _ in range(count):
             futures.append(use.submit(**parameters))
         elapsed, thread = time.perf_counter() - start, time.thread_time() - thread
         submitted = time.process_time() - cpu
+    _COLLECTIONS.on = False
     for future in futures:
         future.wait(600)
     # Patched: until the shim let go of every run (its completion work is part of the side).
     assert prefect_future_anchor.wait_released(120), "patched runs not released 120 s after they resolved"
     life = time.process_time() - cpu
-    for measure, value in zip(MEASURES, (elapsed, submitted, thread, life)):
+    for measure, value in zip(MEASURES, (elapsed, submitted, thread, life, _COLLECTIONS.seconds,
+                                         _COLLECTIONS.full * 100)):
         samples[f"{side} {measure}"].append(value / count)
 
 
@@ -250,6 +277,13 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
                 label = f"{kind.capitalize()} submit with a worker, {shape}, {release}, {DESIGNS[side]}"
                 for measure_name in MEASURES:
                     stock, patched = samples[f"stock {measure_name}"], samples[f"{side} {measure_name}"]
+                    if measure_name in COLLECTOR:  # often 0 in a batch: medians and totals, no per-batch ratio
+                        unit = 1e6 if measure_name == "gc" else 100  # µs per submit; full collections per 100
+                        out.append((f"{label}: {WHAT[measure_name]} (median of {len(stock)} batches of {batch}; "
+                                    f"totals {sum(stock) * unit:.0f} / {sum(patched) * unit:.0f})",
+                                    f"{statistics.median(stock) * unit:.2f}", f"{statistics.median(patched) * unit:.2f}",
+                                    "–", "–", True))
+                        continue
                     ratios = [p / s for p, s in zip(patched, stock)]
                     ratio = statistics.median(ratios)
                     total = sum(patched) / sum(stock)
