@@ -508,7 +508,7 @@ def _flows_panel(ax: Any, flows: dict) -> None:
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{names[r['runner']]}\n{r['runs']:,} runs, {r['pairs']} pairs ({r['mode']})" for r in rows],
                        fontsize=8)
-    ratios = [v for r in rows for v in r["ratios"].values()]
+    ratios = [v for r in rows for key in r["ratios"] for v in [r["ratios"][key], *flow_scale.pair_ratios(r["samples"], key)]]
     ax.set_ylim(min(0.9, min(ratios) - 0.02), max(1.1, max(ratios) + 0.15))  # room for the legend
     ax.set_ylabel("patched / stock (dots: each pair)")
     ax.grid(True, axis="y", alpha=0.3)
