@@ -11,8 +11,9 @@ each flow's runner connects to it, as production flows do.
 Two ways to pair the sides, both on the same cluster and Prefect server:
 - ``fresh`` (the default): every flow in a fresh interpreter (after an unmeasured
   warm-up flow of 20 runs in it), the order swapped every pair;
-(either way after one unmeasured flow of half the size on the new cluster and server);
 - ``alternate``: every flow in this one process, the order swapped every pair.
+Either way the pairs follow one unmeasured flow of half the size on the new
+cluster and server (the first large flow they serve runs long).
 ``--mode both`` runs the two at one size and prints the spread of their per-pair
 ratios, the way to choose between them.  At 40 runs x 3 pairs (prefect 3.9.1,
 load average 14-27) fresh processes were the less noisy (pair-ratio stdev: wall

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import services  # noqa: E402  (sets the environment before prefect is imported)
 
 SIZES = {
-    "full": dict(submit_alternations=12, submit_alternation_batch=100, submit_rounds=15, submit_batch=50, wall_pairs=2, wall_tasks=1000, memory_rounds=2000, startup_runs=150,
-                 driver_pairs=3),
-    "quick": dict(submit_alternations=6, submit_alternation_batch=10, submit_rounds=4, submit_batch=20, wall_pairs=1, wall_tasks=100, memory_rounds=100, startup_runs=20,
-                  driver_pairs=1),
+    "full": dict(submit_alternations=12, submit_alternation_batch=100, submit_rounds=15, submit_batch=50, wall_pairs=2,
+                 wall_tasks=1000, memory_rounds=2000, startup_runs=150, driver_pairs=3),
+    "quick": dict(submit_alternations=6, submit_alternation_batch=10, submit_rounds=4, submit_batch=20, wall_pairs=1,
+                  wall_tasks=100, memory_rounds=100, startup_runs=20, driver_pairs=1),
 }
 
 

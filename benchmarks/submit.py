@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import math
 import os
 import shutil
 import statistics
@@ -185,8 +186,7 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
     # Patched: until the shim let go of every run (its completion work is part of the side).
     assert prefect_future_anchor.wait_released(120), "patched runs not released 120 s after they resolved"
     life = time.process_time() - cpu
-    for measure, value in zip(MEASURES, (elapsed, submitted, thread, life, _COLLECTIONS.seconds,
-                                         _COLLECTIONS.full * 100)):
+    for measure, value in zip(MEASURES, (elapsed, submitted, thread, life, _COLLECTIONS.seconds, _COLLECTIONS.full)):
         samples[f"{side} {measure}"].append(value / count)
 
 
@@ -256,6 +256,11 @@ def available_runners() -> List[str]:
     return [kind for kind in RUNNERS if importlib.util.find_spec(f"prefect_{kind}") is not None]
 
 
+def sides_of(kind: str, previous: bool = True) -> List[str]:
+    """The sides ``kind`` alternates (without the previous design's if not ``previous``)."""
+    return [side for side in SIDES[kind] if previous or side != "previous"]
+
+
 #: What each patched side is, in the rows' names.
 DESIGNS = {"patched": "this design", "previous": "previous design, one add_done_callback per run"}
 
@@ -268,7 +273,7 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
     out = []
     for kind in runners or available_runners():
         release = f"prefect {version('prefect')}, prefect-{kind} {version('prefect-' + kind)}"
-        sides = [side for side in SIDES[kind] if previous or side != "previous"]
+        sides = sides_of(kind, previous)
         if rounds % len(sides):
             raise ValueError(f"{kind}: {rounds} alternations do not let each of its {len(sides)} sides go first "
                              f"equally often; use a multiple of {len(sides)}")
@@ -314,8 +319,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="6 alternations of 10 submits")
     args = parser.parse_args(argv)
     alternations, batch = (6, 10) if args.quick else (args.alternations, args.batch)
-    counts = {2 if args.no_previous else len(SIDES.get(r, ("", ""))) for r in args.runners.split(",") if r}
-    sides = 6 if counts == {2, 3} else max(counts, default=2)
+    runners = [r for r in args.runners.split(",") if r]
+    unknown = sorted(set(runners) - set(SIDES))
+    if unknown:
+        parser.error(f"--runners: unknown {', '.join(unknown)}; use {', '.join(RUNNERS)}")
+    sides = math.lcm(*(len(sides_of(r, not args.no_previous)) for r in runners))
     if alternations % sides:
         parser.error(f"--alternations must be a multiple of {sides}: each side goes first equally often")
     short = {"scalar": "scalar parameters", "list": "20,000-element list parameter"}
@@ -326,7 +334,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/submit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with services.prefect_server():
-        for row in rows(alternations, batch, [r for r in args.runners.split(",") if r], shapes, not args.no_previous):
+        for row in rows(alternations, batch, runners, shapes, not args.no_previous):
             print(row, flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     return 0

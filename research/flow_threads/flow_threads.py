@@ -136,9 +136,6 @@ def by_group(before: dict, after: dict) -> dict:
     for pid, (group, cpu) in after.items():
         start = before.get(pid, (group, 0.0))[1]
         groups[group] += cpu - start
-    for pid, (group, _cpu) in before.items():
-        if pid not in after:
-            groups["ended during the flow (unknown)"] += 0.0
     return {k: round(v, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
 

@@ -8,13 +8,12 @@ gets the parent's ref at top level (Ray waits for it) and again nested in a
 dict, which it ``ray.get``s inside the worker.  Each task burns ``BUSY`` seconds
 of CPU.  Sides, alternating, each in a fresh driver process on one local Ray
 head of 2 CPUs: ``drop`` (the driver keeps only the children, as stock Prefect
-does) and ``hold`` (it also keeps every parent's ref until its child is done,
-as the shim does).  Prints, per flow, wall time and the worker processes Ray
+does) and ``hold`` (it also keeps every parent's ref until the end of the
+flow, as the shim holds each run).  Prints, per flow, wall time and the worker processes Ray
 started for it.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
