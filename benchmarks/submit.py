@@ -3,6 +3,7 @@
     python benchmarks/submit.py                        # Dask and Ray, 12 alternations of 100 submits
     python benchmarks/submit.py --runners dask --shapes scalar --alternations 24
     python benchmarks/submit.py --runners dask --no-previous   # without the previous Dask design's side
+    python benchmarks/submit.py --runners dask --pin --save submit.json   # the flow on a CPU of its own
     python benchmarks/submit.py --quick                # shows it works; its figures are not verdicts
 
 The case a user is in: a cluster whose worker runs the tasks while the flow
@@ -29,7 +30,14 @@ submitting thread's own CPU, and the process's CPU per run over the batch's
 whole life (the loop, then every run resolved and released: the completion
 work the shim adds on the client's event loop counts here wherever it falls);
 and the shim's own work inside a patched submit (``shim_work_timer``), which
-does not depend on the machine's noise.  On Dask a third side, ``previous``,
+does not depend on the machine's noise.  Each median ratio comes with its 95%
+bootstrap interval (the alternations resampled): a batch-to-batch spread of
+0.7-1.6 makes the median of 24 alternations uncertain by several percent, so a
+goal of 1.02 is met only when the whole interval is under it.  ``--pin`` keeps
+the flow process on one CPU and the Prefect server and the workers on the
+others, as when the cluster runs on other machines: the submitting thread then
+shares its CPU only with its own process (the client's event loop, where the
+shim's completion work runs, and the in-process scheduler).  On Dask a third side, ``previous``,
 is the previous design (``dask_runner.BATCHED = False``: one
 ``Future.add_done_callback`` per run, what users measured at 1.05-1.08), in
 the same alternations: the benchmark shows what it can tell apart.
@@ -47,7 +55,9 @@ import contextlib
 import functools
 import gc
 import math
+import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -80,6 +90,42 @@ WHAT = {
 MEASURES = tuple(WHAT)
 #: The collector's figures, reported as medians and totals (a batch often has none).
 COLLECTOR = ("gc", "full gc")
+
+
+def interval(ratios: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple:
+    """A 95% bootstrap interval of the median of ``ratios`` (the alternations
+    resampled with replacement): what the median could have read with other
+    draws of the same noise.  A goal is met only if the whole interval is under it."""
+    draw = random.Random(seed)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+#: ``--pin``: the CPU the flow process keeps to itself (every other process of
+#: the benchmark, the Prefect server and the cluster's workers, gets the others).
+FLOW_CPU = 0
+
+
+def pin_others() -> Optional[set]:
+    """Before the server and the cluster start: this process (and so every
+    process it starts from now on) on every CPU but ``FLOW_CPU``; None where
+    there is one CPU or no affinity call (nothing is pinned then)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = os.sched_getaffinity(0)
+    if FLOW_CPU not in cpus or len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, cpus - {FLOW_CPU})
+    return cpus - {FLOW_CPU}
+
+
+def pin_flow() -> None:
+    """Once they run: every thread of this process (the submitting thread, the
+    client's event loop, the in-process scheduler) on ``FLOW_CPU``; threads
+    started later inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), {FLOW_CPU})
 
 
 def _up(x):
@@ -191,7 +237,9 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
 
 
 def _body(runner: str, alternations: int, batch: int, shapes: Sequence[str],
-          sides: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
+          sides: Sequence[str], pinned: bool = False) -> Dict[str, Dict[str, List[float]]]:
+    if pinned:
+        pin_flow()
     integration = _integration(runner)
     results: Dict[str, Dict[str, List[float]]] = {}
     try:
@@ -240,13 +288,14 @@ def _runner(kind: str) -> Iterator[Any]:
 
 
 def measure(kind: str, alternations: int, batch: int, shapes: Sequence[str] = tuple(SHAPES),
-            sides: Sequence[str] = ("stock", "patched")):
-    """Per-submit seconds of each batch, by shape and side, on a fresh cluster of ``kind``."""
+            sides: Sequence[str] = ("stock", "patched"), pinned: bool = False):
+    """Per-submit seconds of each batch, by shape and side, on a fresh cluster of
+    ``kind`` (``pinned``: the flow's threads on ``FLOW_CPU``, after :func:`pin_others`)."""
     from prefect import flow
 
     with _runner(kind) as runner:
         return flow(_body, name=f"bench-submit-{kind}", task_runner=runner, log_prints=False)(
-            kind, alternations, batch, shapes, tuple(sides)
+            kind, alternations, batch, shapes, tuple(sides), pinned
         )
 
 
@@ -266,8 +315,10 @@ DESIGNS = {"patched": "this design", "previous": "previous design, one add_done_
 
 
 def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shapes: Sequence[str] = tuple(SHAPES),
-         previous: bool = True):
-    """Table rows: (name, stock, patched, ratio, goal, met).  ``rounds``: alternations."""
+         previous: bool = True, pinned: bool = False, raw: Optional[Dict[str, Any]] = None):
+    """Table rows: (name, stock, patched, ratio, goal, met).  ``rounds``: alternations;
+    ``raw``, if given, receives every per-batch sample by runner and shape.  A
+    ratio's goal is met when its 95% interval (:func:`interval`) is under 1.02."""
     from importlib.metadata import version
 
     out = []
@@ -277,7 +328,10 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
         if rounds % len(sides):
             raise ValueError(f"{kind}: {rounds} alternations do not let each of its {len(sides)} sides go first "
                              f"equally often; use a multiple of {len(sides)}")
-        for shape, samples in measure(kind, rounds, batch, shapes, sides).items():
+        measured = measure(kind, rounds, batch, shapes, sides, pinned)
+        if raw is not None:
+            raw[kind] = {"release": release, "batch": batch, "samples": measured}
+        for shape, samples in measured.items():
             for side in sides[1:]:
                 label = f"{kind.capitalize()} submit with a worker, {shape}, {release}, {DESIGNS[side]}"
                 for measure_name in MEASURES:
@@ -291,12 +345,14 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
                         continue
                     ratios = [p / s for p, s in zip(patched, stock)]
                     ratio = statistics.median(ratios)
+                    low, high = interval(ratios)
                     total = sum(patched) / sum(stock)
                     out.append(
                         (f"{label}: {WHAT[measure_name]} (median of {len(ratios)} alternations of {batch}-submit "
-                         f"batches; per-batch ratios {min(ratios):.3f}-{max(ratios):.3f}, ratio of the totals "
-                         f"{total:.3f})", f"{statistics.median(stock) * 1e6:.0f} µs",
-                         f"{statistics.median(patched) * 1e6:.0f} µs", f"{ratio:.3f}", "≤ 1.02", ratio <= 1.02)
+                         f"batches, its 95% interval {low:.3f}-{high:.3f}; per-batch ratios "
+                         f"{min(ratios):.3f}-{max(ratios):.3f}, ratio of the totals {total:.3f})",
+                         f"{statistics.median(stock) * 1e6:.0f} µs", f"{statistics.median(patched) * 1e6:.0f} µs",
+                         f"{ratio:.3f}", "≤ 1.02", high <= 1.02)
                     )
                 work_samples = samples[f"{side} shim work"]
                 work = statistics.median(work_samples) * 1e6
@@ -317,6 +373,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-previous", action="store_true",
                         help="no side for the previous Dask design (one add_done_callback per run)")
     parser.add_argument("--quick", action="store_true", help="6 alternations of 10 submits")
+    parser.add_argument("--pin", action="store_true",
+                        help=f"the flow process on CPU {FLOW_CPU}, the server and the workers on the others")
+    parser.add_argument("--save", metavar="FILE", help="write every per-batch sample to FILE (JSON)")
     args = parser.parse_args(argv)
     alternations, batch = (6, 10) if args.quick else (args.alternations, args.batch)
     runners = [r for r in args.runners.split(",") if r]
@@ -333,9 +392,19 @@ def main(argv=None) -> int:
     shapes = [short[name] for name in short if name in args.shapes.split(",")]
     command = "python benchmarks/submit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    pinned = False
+    if args.pin:
+        others = pin_others()
+        if others is None:
+            parser.error(f"--pin needs CPU {FLOW_CPU} and another one to be usable by this process")
+        pinned = True
+        print(f"pinned: the flow on CPU {FLOW_CPU}, the server and the workers on {sorted(others)}", flush=True)
+    raw: Dict[str, Any] = {}
     with services.prefect_server():
-        for row in rows(alternations, batch, runners, shapes, not args.no_previous):
+        for row in rows(alternations, batch, runners, shapes, not args.no_previous, pinned, raw):
             print(row, flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"command": command, "runners": raw}, indent=1))
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     return 0
 
