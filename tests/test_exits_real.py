@@ -4,7 +4,7 @@
   once under the default ``on_exit="wait"``, also when ``final-states`` is not
   applied (its shape check is stricter than ``track``'s): the exit is classified
   from the exception and the flow run's state, not from the crash reports.
-- Ray's exceptional exits (raises, Ctrl-C, SIGTERM), as on Dask.
+- Ray's exceptional exits (raises, times out, Ctrl-C, SIGTERM), as on Dask.
 - Ray shut down under the shim by the flow itself: the runs of that session are
   let go at once (the watcher never starts a Ray, never calls into the session
   being torn down), the flow returns without waiting, and ``uninstall()``
@@ -76,12 +76,13 @@ def test_failed_flow_cancels_at_once_without_final_states(kind, make_runner, shi
 @pytest.mark.skipif("ray" not in RUNNERS, reason="this environment has no prefect-ray (PFA_RUNNERS)")
 @pytest.mark.parametrize(
     "how, timeout, ended",
-    # Not "times out": on prefect 3.9.1 a sync flow's timeout does not interrupt a Ray
-    # future's wait(), so the flow only ends when its run does (stock and shimmed alike);
-    # the TimedOut classification is the runtime's, shown on Dask (test_final_states_real).
-    # Waiting in 0.2 s slices lets the timeout in, but once in two CI runs the timeout's
-    # exception, delivered inside Ray's wait, ended the driver (pytest gone, status 1).
-    [("raises", None, "ended Failed"), ("interrupted", None, "interrupted (KeyboardInterrupt)")],
+    # The flow that times out polls in Python ("times out polling"), not in a Ray future's
+    # wait(): on prefect 3.9.1 a sync flow's timeout is an exception sent to the flow's
+    # thread, which an unbounded Ray wait() never receives (the flow only ends when its
+    # run does, stock and shimmed alike), and which, arriving inside Ray's wait() in
+    # 0.2 s slices, once in two CI runs ended the driver (pytest gone, status 1).
+    [("raises", None, "ended Failed"), ("times out polling", 4, "ended TimedOut"),
+     ("interrupted", None, "interrupted (KeyboardInterrupt)")],
 )
 def test_ray_exceptional_exit_cancels_at_once(make_runner, shim, release, records, how, timeout, ended):
     """On Ray as on Dask: the unresolved run ends Cancelled with the reason, named

@@ -438,6 +438,13 @@ def run_left_running(runner, path: str, how: str = "return", timeout: Any = None
             raise KeyboardInterrupt
         if how == "times out":
             slow.wait()
+        if how == "times out polling":
+            # A flow that polls in Python while its timeout comes: nothing of Ray's runs
+            # on this thread when prefect's timeout exception arrives (see test_exits_real).
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+            raise RuntimeError("the flow's timeout never came")
 
     test_flow = flow(leaves_a_run, name=f"leaves-a-run-{how.replace(' ', '-')}", task_runner=runner, timeout_seconds=timeout)
     if how == "interrupted":
