@@ -147,6 +147,19 @@ def _tasks():
     return tuple(task(fn, name=fn.__name__[1:], cache_policy=NO_CACHE, persist_result=False) for fn in (_up, _use))
 
 
+def _clocked(inner: Callable[..., Any], record: Callable[[float], None]) -> Callable[..., Any]:
+    """``inner``, passing the wall time of each of its calls to ``record``."""
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - start)
+
+    return timed
+
+
 @contextlib.contextmanager
 def shim_work_timer(samples: List[float], integration=None):
     """Time the shim's bookkeeping in each patched submit (``_hold``) of the
@@ -154,16 +167,7 @@ def shim_work_timer(samples: List[float], integration=None):
     if integration is None:
         from prefect_future_anchor.dask_runner import runtime as integration
 
-    inner = integration._hold
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            samples.append(time.perf_counter() - start)
-
-    integration._hold = timed
+    integration._hold = _clocked(integration._hold, samples.append)
     try:
         yield
     finally:
@@ -207,19 +211,15 @@ def loop_work_timer(spent: List[float], raw: Any) -> Iterator[None]:
     if completions is None:
         yield
         return
-    waiter, take = completions._waiter, completions._take
+    waiter = completions._waiter
 
     async def timed_waiter(*args: Any) -> Any:
         return await _Steps(waiter(*args), spent)
 
-    def timed_take() -> None:
-        start = time.perf_counter()
-        try:
-            take()
-        finally:
-            spent[0] += time.perf_counter() - start
+    def add(seconds: float) -> None:
+        spent[0] += seconds
 
-    completions._waiter, completions._take = timed_waiter, timed_take
+    completions._waiter, completions._take = timed_waiter, _clocked(completions._take, add)
     try:
         yield
     finally:
@@ -278,8 +278,8 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
     parameters = {"x": parent} if items is None else {"x": parent, "items": items}
     timer = shim_work_timer(samples[f"{side} shim work"], integration) if side != "stock" else contextlib.nullcontext()
     on_loop = [0.0]
-    loop_timer = (loop_work_timer(on_loop, parent.wrapped_future) if side == "patched" and integration.name == "dask"
-                  else contextlib.nullcontext())
+    loop_timed = side == "patched" and integration.name == "dask"
+    loop_timer = loop_work_timer(on_loop, parent.wrapped_future) if loop_timed else contextlib.nullcontext()
     _COLLECTIONS.seconds, _COLLECTIONS.full, _COLLECTIONS.on = 0.0, 0, True
     with loop_timer, timer:
         start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
@@ -293,7 +293,7 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
         # Patched: until the shim let go of every run (its completion work is part of the side).
         assert prefect_future_anchor.wait_released(120), "patched runs not released 120 s after they resolved"
         life = time.process_time() - cpu
-    if side == "patched" and integration.name == "dask":
+    if loop_timed:
         samples[f"{side} shim loop work"].append(on_loop[0] / count)
     for measure, value in zip(MEASURES, (elapsed, submitted, thread, life, _COLLECTIONS.seconds, _COLLECTIONS.full)):
         samples[f"{side} {measure}"].append(value / count)
@@ -424,7 +424,7 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
                     (f"{label}: the shim's own work per patched submit (median of {len(work_samples)})", "–",
                      f"{work:.0f} µs", f"{1 + work / stock_wall:.4f}", "≤ 1.02", 1 + work / stock_wall <= 1.02)
                 )
-                loop_samples = samples.get(f"{side} shim loop work")
+                loop_samples = samples[f"{side} shim loop work"]
                 if loop_samples:
                     on_loop = statistics.median(loop_samples) * 1e6
                     both = 1 + (work + on_loop) / stock_wall
