@@ -360,6 +360,13 @@ def ray_address(tmp_path_factory):
         pytest.skip("this environment has no prefect-ray (PFA_RUNNERS)")
     with ray_head(tmp_path_factory.mktemp("ray")) as address:
         yield address
+        # A test that failed half-way can leave this process connected as a driver.  A
+        # driver whose raylet goes away exits the process at once with status 1, before
+        # pytest prints its failures and summary: disconnect first, then stop the head.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            sys.stderr.write("ray_address: this process was still a driver of the session's head; disconnecting\n")
+            ray.shutdown()
 
 
 class Records(logging.Handler):

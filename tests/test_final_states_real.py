@@ -428,10 +428,13 @@ def test_the_reporter_thread_survives_what_a_report_raises(exc):
 def run_left_running(runner, path: str, how: str = "return", timeout: Any = None) -> List[Any]:
     kept: List[Any] = []
 
+    running: List[bool] = []
+
     def leaves_a_run():
         slow = blocks.submit(path)
         kept.append(slow)
         wait_running(slow.task_run_id)
+        running.append(True)
         if how == "raises":
             raise RuntimeError("the flow fails on purpose")
         if how == "interrupted":
@@ -452,6 +455,9 @@ def run_left_running(runner, path: str, how: str = "return", timeout: Any = None
             test_flow()
     else:
         test_flow(return_state=True)
+    # The tests' precondition: the run was Running when the flow ended (a timeout that
+    # comes while a loaded machine still starts the run's worker tests something else).
+    assert running, f"the flow ({how}, timeout={timeout}) ended before its run showed Running"
     return kept
 
 
