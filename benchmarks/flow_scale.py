@@ -21,10 +21,21 @@ load average 14-27) fresh processes were the less noisy (pair-ratio stdev: wall
 driver CPU and varied more (4.4-6.1 s per 40 runs) than in fresh ones (3.1-3.6 s).  The Prefect server is SQLite-backed, or
 PostgreSQL-backed with ``PFA_PREFECT_DB=postgres`` (``services.postgres``).
 
+The Ray head keeps a driver's idle worker processes for the driver's life
+(``--ray-workers kept``, the default).  With Ray's default (``killed``), a flow's
+length follows how many worker processes Ray starts during it, on either side:
+prefect-ray's child ``ray.get``s its parent's ref inside the worker, a blocked
+worker frees its CPU, the raylet starts another, and the idle extras are killed
+after 1 s.  On 2026-12-04 (1,000 runs a flow, prefect 3.9.1) that was 58-88
+starts a flow, about 2.2 s of wall each, and flows of 201-282 s on every side;
+with the workers kept, 8-9 starts and about 156 s
+(research/flow_threads/FINDINGS.md).  ``--ray-workers killed`` measures Ray's default.
+
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
     python benchmarks/flow_scale.py                          # 2,000 runs a flow, four pairs per runner
     PFA_PREFECT_DB=postgres python benchmarks/flow_scale.py  # the server on a PostgreSQL of its own
     python benchmarks/flow_scale.py --runner ray --runs 1000 --pairs 1
+    python benchmarks/flow_scale.py --runner ray --ray-workers killed   # Ray's default worker pool
     python benchmarks/flow_scale.py --mode both --runs 200 --pairs 4 --runner dask
 """
 
@@ -52,6 +63,8 @@ GOAL = 1.02
 FULL_RUNS = 2000
 WARM_UP_RUNS = 20
 SIDES = ("stock", "patched")
+#: the Ray head's idle workers for this run (``--ray-workers``), named in the rows
+RAY_WORKERS = ["kept"]
 NAMES = {"dask": "Dask (1 worker process x 2 threads)", "ray": "Ray (local head, 2 CPUs)"}
 
 
@@ -137,9 +150,12 @@ def _fresh_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, floa
 
 
 @contextlib.contextmanager
-def cluster(kind: str) -> Iterator[str]:
+def cluster(kind: str, ray_workers: str = "kept") -> Iterator[str]:
+    """The Dask cluster, or the Ray head (``ray_workers``: ``kept``, a driver's idle worker
+    processes live as long as it does; ``killed``, Ray's default: those above one per CPU
+    are killed after 1 s idle, and started again when a worker blocks in ``ray.get``)."""
     if kind == "ray":
-        with services.ray_head(num_cpus=2, pythonpath=str(HERE)) as address:
+        with services.ray_head(num_cpus=2, pythonpath=str(HERE), keep_idle_workers=ray_workers == "kept") as address:
             yield address
     else:
         with services.dask_cluster(n_workers=1, threads_per_worker=2) as address:
@@ -187,9 +203,10 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
     """The rows of ``benchmarks/run.py``'s table (call inside ``services.prefect_server()``), and
     the samples behind them (for ``--json``)."""
     with contextlib.ExitStack() as stack:
-        address = address or stack.enter_context(cluster(kind))
+        address = address or stack.enter_context(cluster(kind, RAY_WORKERS[0]))
         samples = measure(kind, runs, pairs, mode, address)
     how = "alternating in one process" if mode == "alternate" else "fresh processes, alternating"
+    name = NAMES[kind] + (f", idle workers {RAY_WORKERS[0]}" if kind == "ray" else "")
     loads = [s["load_start"] for side in SIDES for s in samples[side]] + [s["load_end"] for side in SIDES for s in samples[side]]
     out, ratios = [], {}
     for key, what in (("wall", "wall"), ("cpu", "driver CPU, all threads")):
@@ -197,7 +214,7 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
         patched = statistics.median(s[key] for s in samples["patched"])
         ratio = ratios[key] = patched / stock
         out.append((
-            f"flow of {runs:,} task runs ({runs // 2:,} seed pairs, parents dropped) on {NAMES[kind]}, {what} "
+            f"flow of {runs:,} task runs ({runs // 2:,} seed pairs, parents dropped) on {name}, {what} "
             f"(median of {pairs} per side, {how}; {_spread(samples, key)}; load average {min(loads):.1f}–{max(loads):.1f}; "
             f"{services.database()})",
             f"{stock:.1f} s", f"{patched:.1f} s", f"{ratio:.3f}", f"≤ {GOAL}", ratio <= GOAL,
@@ -216,9 +233,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, help="stock/patched pairs per runner (default 4: each side first in "
                                                   "two; --quick 1)")
     parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="fresh")
+    parser.add_argument("--ray-workers", choices=("kept", "killed"), default="kept",
+                        help="Ray's idle worker processes: kept for the driver's life (default), or killed after "
+                             "1 s idle as Ray does by default (a flow's length then follows how many workers "
+                             "Ray starts, 58-88 per 1,000 runs, on either side: research/flow_threads/FINDINGS.md)")
     parser.add_argument("--json", help="where the samples are written (default: benchmarks/flow_scale.json for the "
                                        "full size on both runners, else the temp dir); scale.py draws them")
     args = parser.parse_args(argv)
+    RAY_WORKERS[0] = args.ray_workers
     runs = args.runs or (100 if args.quick else FULL_RUNS)
     args.pairs = args.pairs or (1 if args.quick else 4)
     # Only the full size on both runners is the verdict the committed picture shows.
@@ -236,9 +258,11 @@ def main(argv=None) -> int:
                        + list(argv if argv is not None else sys.argv[1:]))
     with services.prefect_server():
         for kind in kinds:
-            with cluster(kind) as address:
+            with cluster(kind, args.ray_workers) as address:
                 for mode in modes:
                     out, record = rows(kind, runs, pairs=args.pairs, mode=mode, address=address)
+                    if kind == "ray":
+                        record["ray_workers"] = args.ray_workers
                     table += out
                     records.append(record)
                     print(f"[{time.monotonic() - started:6.0f} s] {table[-2:]}", file=sys.stderr, flush=True)

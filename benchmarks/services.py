@@ -164,16 +164,23 @@ RAY_PORTS = (
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None) -> Iterator[str]:
+def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None, keep_idle_workers: bool = False) -> Iterator[str]:
     """A local Ray head (``ray start --head --block``) with a temp dir of its own (never
     /tmp/ray), stopped by its handle (the process group it leads); yields its address.
     Drivers that connect to it (``RayTaskRunner(address=...)``) start and stop nothing but
-    themselves, so no flow's figure carries a Ray start-up."""
+    themselves, so no flow's figure carries a Ray start-up.
+
+    ``keep_idle_workers``: the raylet keeps a driver's idle worker processes until that
+    driver ends (``RAY_idle_worker_killing_time_threshold_ms``, one hour here; Ray's default
+    kills the idle workers above one per CPU after 1 s, and each new one imports Ray and
+    Prefect again)."""
     from prefect_future_anchor.server import _die_with_parent, free_port  # SIGTERM if this process dies
 
     ray_bin = Path(sys.executable).with_name("ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env["RAY_raylet_start_wait_time_s"] = str(int(START_TIMEOUT * 0.8))  # the head gives up before _ready does
+    if keep_idle_workers:
+        env["RAY_idle_worker_killing_time_threshold_ms"] = str(3_600_000)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))
     for attempt in (1, 2):  # on a loaded 2-core machine a raylet now and then never registers

@@ -212,7 +212,7 @@ def worker_logs(address: str) -> set:
 
 def main() -> None:
     runs, sides = int(sys.argv[1]), sys.argv[2:]
-    with services.prefect_server(), flow_scale.cluster("ray") as address:
+    with services.prefect_server(), flow_scale.cluster("ray", "killed") as address:
         for side in sides:
             before = worker_logs(address)
             out = subprocess.run([sys.executable, __file__, "--one", side, str(runs), address],
