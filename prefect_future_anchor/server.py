@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,8 +57,10 @@ def prefect_server(startup_timeout: float = 180, home: "str | None" = None, port
     Exports ``PREFECT_API_URL`` so that Dask and Ray workers started afterwards
     report to it (older prefect-ray workers otherwise start servers of their own).
     ``home`` and ``port`` of a server stopped before start it again on the same
-    address and database (the API-outage tests).
+    address and database (the API-outage tests).  A ``home`` created here (none given)
+    is removed with its database once the server has stopped; a given one is kept.
     """
+    created = home is None
     home = home or tempfile.mkdtemp(prefix="pfa-prefect-home-")
     port = port or free_port()
     env = dict(
@@ -116,13 +119,17 @@ def prefect_server(startup_timeout: float = 180, home: "str | None" = None, port
                 else:
                     os.environ[key] = value
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+        try:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(30)
+        finally:
+            if created:
+                shutil.rmtree(home, ignore_errors=True)
 
 
 @contextlib.contextmanager
