@@ -28,7 +28,7 @@ prefect-ray's child ``ray.get``s its parent's ref inside the worker, a blocked
 worker frees its CPU, the raylet starts another, and the idle extras are killed
 after 1 s.  On 2026-12-04 (1,000 runs a flow, prefect 3.9.1) that was 58-88
 starts a flow, about 2.2 s of wall each, and flows of 201-282 s on every side;
-with the workers kept, 8-9 starts and about 156 s
+with the workers kept, 7-9 starts and 129-164 s
 (research/flow_threads/FINDINGS.md).  ``--ray-workers killed`` measures Ray's default.
 
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
