@@ -34,7 +34,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,7 @@ def local_ray() -> Iterator[Any]:
     and process group, one CPU), and this process as its driver."""
     import ray
 
-    from prefect_future_anchor.server import free_port
+    from prefect_future_anchor.server import free_port, stop_group
 
     temp_dir = tempfile.mkdtemp(prefix="pfa-ray-")
     port = free_port()
@@ -152,13 +151,7 @@ def local_ray() -> Iterator[Any]:
         finally:
             ray.shutdown()
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait(30)
+        stop_group(head, 60, kill_timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -347,7 +340,7 @@ def _report(results: Dict[str, Any]) -> None:
 def dask_processes(workers: int = 2) -> Iterator[str]:
     """A ``dask scheduler`` and ``dask worker`` processes, each in a process group of
     its own, stopped by handle."""
-    from prefect_future_anchor.server import free_port
+    from prefect_future_anchor.server import free_port, stop_group
 
     bin_dir = Path(sys.executable).parent
     address = f"tcp://127.0.0.1:{free_port()}"
@@ -367,13 +360,7 @@ def dask_processes(workers: int = 2) -> Iterator[str]:
         yield address
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(30)
+            stop_group(proc)
         shutil.rmtree(logs, ignore_errors=True)
 
 

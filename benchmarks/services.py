@@ -37,20 +37,6 @@ os.environ.setdefault("RAY_worker_niceness", "0")
 START_TIMEOUT = float(os.environ.get("PFA_SERVICE_START_TIMEOUT", "300"))
 
 
-def _stop_group(proc: "subprocess.Popen", sig: int = signal.SIGTERM, timeout: float = 60) -> None:
-    """Stop a service by the process group it leads (never by name)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-
-
 def _ready(check, proc: "subprocess.Popen", log: Path, what: str) -> None:
     """Readiness poll of a service this file started (not a synchronisation)."""
     deadline = time.monotonic() + START_TIMEOUT
@@ -80,7 +66,7 @@ def postgres() -> Iterator[str]:
 
     PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres``
     account Debian's package creates."""
-    from prefect_future_anchor.server import _die_with_parent, free_port  # SIGTERM if this process dies
+    from prefect_future_anchor.server import _die_with_parent, free_port, stop_group  # SIGTERM if this process dies
 
     bin_dir = _postgres_bin()
     as_root = os.geteuid() == 0
@@ -113,7 +99,7 @@ def postgres() -> Iterator[str]:
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
     finally:
         if proc is not None:
-            _stop_group(proc, signal.SIGINT)
+            stop_group(proc, 60, signal.SIGINT)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -174,7 +160,7 @@ def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None, keep_idle_work
     driver ends (``RAY_idle_worker_killing_time_threshold_ms``, one hour here; Ray's default
     kills the idle workers above one per CPU after 1 s, and each new one imports Ray and
     Prefect again)."""
-    from prefect_future_anchor.server import _die_with_parent, free_port  # SIGTERM if this process dies
+    from prefect_future_anchor.server import _die_with_parent, free_port, stop_group  # SIGTERM if this process dies
 
     ray_bin = Path(sys.executable).with_name("ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -197,7 +183,7 @@ def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None, keep_idle_work
             _ready(lambda: re.search(rb"Ray runtime started", log.read_bytes()), proc, log, "ray head")
             break
         except RuntimeError as exc:
-            _stop_group(proc)
+            stop_group(proc, 60)
             shutil.rmtree(temp_dir, ignore_errors=True)
             if attempt == 2:
                 raise
@@ -205,5 +191,5 @@ def ray_head(num_cpus: int = 2, pythonpath: Optional[str] = None, keep_idle_work
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        _stop_group(proc)
+        stop_group(proc, 60)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -50,6 +50,25 @@ _IDLE_SERVICES = (
 )
 
 
+def stop_group(
+    proc: "subprocess.Popen", timeout: float = 30, sig: int = signal.SIGTERM, kill_timeout: "float | None" = None
+) -> None:
+    """Stop the process group ``proc`` leads (by its handle, never by name): ``sig``,
+    then SIGKILL if it has not ended after ``timeout`` (then wait ``kill_timeout``,
+    by default ``timeout``)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout if kill_timeout is None else kill_timeout)
+
+
 @contextlib.contextmanager
 def prefect_server(startup_timeout: float = 180, home: "str | None" = None, port: "int | None" = None) -> Iterator[str]:
     """A throw-away ``prefect server start`` on loopback, stopped by its handle.
@@ -120,13 +139,7 @@ def prefect_server(startup_timeout: float = 180, home: "str | None" = None, port
                     os.environ[key] = value
     finally:
         try:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(30)
+            stop_group(proc)
         finally:
             if created:
                 shutil.rmtree(home, ignore_errors=True)

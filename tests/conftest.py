@@ -23,7 +23,7 @@ import pytest
 
 # Neither module imports prefect; test modules import these names from here.
 from prefect_future_anchor.demo import GC_WARNING  # noqa: F401
-from prefect_future_anchor.server import _die_with_parent, free_port
+from prefect_future_anchor.server import _die_with_parent, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,21 +94,6 @@ def _wait_until(check, timeout: float, what: str, proc: "subprocess.Popen | None
     if proc is not None and proc.poll() is not None:
         raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready\n{detail}")
     raise RuntimeError(f"{what} did not become ready within {timeout}s\n{detail}")
-
-
-def _kill_group(proc: "subprocess.Popen", timeout: float = 30, sig: int = signal.SIGTERM) -> None:
-    """Stop the process group ``proc`` leads: ``sig``, then SIGKILL after ``timeout``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
 
 
 def _interrupt(signum, frame):
@@ -242,7 +227,7 @@ def dask_processes_at(log_dir: Path, workers: int = 2, nthreads: int = 2, env: "
         yield address, pids
     finally:
         for proc in reversed(procs):
-            _kill_group(proc)
+            stop_group(proc)
 
 
 RAY_PORTS = (
@@ -340,7 +325,7 @@ def ray_head(log_dir: Path):
             break
         except RuntimeError as exc:
             raylet = _raylet_logs(temp_dir)
-            _kill_group(proc, timeout=60, sig=signal.SIGKILL)
+            stop_group(proc, timeout=60, sig=signal.SIGKILL)
             shutil.rmtree(temp_dir, ignore_errors=True)
             if attempt == RAY_START_ATTEMPTS:
                 raise RuntimeError(f"{exc}\n{raylet}") from None
@@ -350,7 +335,7 @@ def ray_head(log_dir: Path):
     finally:
         # SIGKILL: ``ray start --block`` takes 34 s to exit on SIGTERM (its graceful stop of
         # every service); killed, the group is gone in 4 s and leaves nothing in /dev/shm.
-        _kill_group(proc, timeout=60, sig=signal.SIGKILL)
+        stop_group(proc, timeout=60, sig=signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
