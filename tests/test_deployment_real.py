@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GC_WARNING, ROOT, _kill_group, _wait_until, runners_available, stock_warns
+from conftest import GC_WARNING, ROOT, _wait_until, runners_available, stock_warns
+from prefect_future_anchor.server import stop_group
 
 TESTS = ROOT / "tests"
 FLOW_FILE = "deployed_flow.py"
@@ -109,7 +110,7 @@ def child_environment(**values: str) -> dict:
 
 
 def start(command: list, log: Path, env: dict) -> subprocess.Popen:
-    """A process in a session of its own, stopped by its handle (``_kill_group``)."""
+    """A process in a session of its own, stopped by its handle (``stop_group``)."""
     with log.open("wb") as out:
         return subprocess.Popen(
             command, cwd=TESTS, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -301,7 +302,7 @@ def outcomes(tmp_path_factory):
         yield found
     finally:
         for proc, _log in processes.values():
-            _kill_group(proc)
+            stop_group(proc)
         for outcome in runs.values():  # newer runners start run processes in sessions of their own
             if run_process_alive(outcome):
                 try:

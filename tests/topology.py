@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, List
 
-from conftest import RAY_ISOLATION, RAY_PORTS, RAY_START_TIMEOUT, ROOT, _kill_group, _raylet_logs, _wait_until
-from prefect_future_anchor.server import _die_with_parent, free_port
+from conftest import RAY_ISOLATION, RAY_PORTS, RAY_START_TIMEOUT, ROOT, _raylet_logs, _wait_until
+from prefect_future_anchor.server import _die_with_parent, free_port, stop_group
 
 #: Attempts at starting a node: Ray 2.59 gives a raylet 30 s (hard-coded in node.py) to
 #: register with its GCS, and on this 2-core machine at load 20 one often does not.
@@ -91,7 +91,7 @@ class Node:
         self.proc.wait(60)
 
     def stop(self) -> None:
-        _kill_group(self.proc, timeout=60, sig=signal.SIGKILL)  # as conftest.ray_head: SIGTERM costs 34 s
+        stop_group(self.proc, timeout=60, sig=signal.SIGKILL)  # as conftest.ray_head: SIGTERM costs 34 s
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
