@@ -87,6 +87,8 @@ WHAT = {
     "life cpu": "the flow process's CPU per run over the batch's whole life (submits, completions, releases)",
     "gc": "time in Python's cyclic garbage collector per submit (any thread, over the submit loop)",
     "full gc": "full (generation 2) collections per 100 submits (over the submit loop)",
+    "typical wall": "the batch's median submit, wall time",
+    "typical thread cpu": "the batch's median submit, the submitting thread's CPU",
 }
 MEASURES = tuple(WHAT)
 #: The collector's figures, reported as medians and totals (a batch often has none).
@@ -283,8 +285,12 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
     _COLLECTIONS.seconds, _COLLECTIONS.full, _COLLECTIONS.on = 0.0, 0, True
     with loop_timer, timer:
         start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        each: List[tuple] = []  # (wall, submitting thread's CPU) of every submit of this batch
+        samples[f"{side} each"].append(each)
         for _ in range(count):
+            one, one_thread = time.perf_counter(), time.thread_time()
             futures.append(use.submit(**parameters))
+            each.append((time.perf_counter() - one, time.thread_time() - one_thread))
         elapsed, thread = time.perf_counter() - start, time.thread_time() - thread
         submitted = time.process_time() - cpu
         _COLLECTIONS.on = False
@@ -295,8 +301,14 @@ def _batch(items: Optional[list], count: int, samples: Dict[str, List[float]], s
         life = time.process_time() - cpu
     if loop_timed:
         samples[f"{side} shim loop work"].append(on_loop[0] / count)
-    for measure, value in zip(MEASURES, (elapsed, submitted, thread, life, _COLLECTIONS.seconds, _COLLECTIONS.full)):
+    totals = (elapsed, submitted, thread, life, _COLLECTIONS.seconds, _COLLECTIONS.full)
+    for measure, value in zip(MEASURES[:len(totals)], totals):
         samples[f"{side} {measure}"].append(value / count)
+    # The batch's median submit: what one submit costs with the batch's rare long ones
+    # (a collection, a preemption, a loaded moment of the machine) left out; they are
+    # in the totals above.
+    samples[f"{side} typical wall"].append(statistics.median(wall for wall, _cpu in each))
+    samples[f"{side} typical thread cpu"].append(statistics.median(cpu for _wall, cpu in each))
 
 
 def _body(runner: str, alternations: int, batch: int, shapes: Sequence[str],
@@ -308,7 +320,7 @@ def _body(runner: str, alternations: int, batch: int, shapes: Sequence[str],
     try:
         for shape in shapes:
             items = SHAPES[shape]()
-            keys = [f"{side} {m}" for side in sides for m in MEASURES + ("shim work", "shim loop work")]
+            keys = [f"{side} {m}" for side in sides for m in MEASURES + ("shim work", "shim loop work", "each")]
             samples = results[shape] = {key: [] for key in keys}
             warm = {key: [] for key in keys}
             for side in sides:
@@ -384,21 +396,30 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
     ratio's goal is met when its 95% interval (:func:`interval`) is under 1.02."""
     from importlib.metadata import version
 
-    out = []
+    raw = {} if raw is None else raw
     for kind in runners or available_runners():
         release = f"prefect {version('prefect')}, prefect-{kind} {version('prefect-' + kind)}"
         sides = sides_of(kind, previous)
         if rounds % len(sides):
             raise ValueError(f"{kind}: {rounds} alternations do not let each of its {len(sides)} sides go first "
                              f"equally often; use a multiple of {len(sides)}")
-        measured = measure(kind, rounds, batch, shapes, sides, pinned)
-        if raw is not None:
-            raw[kind] = {"release": release, "batch": batch, "samples": measured}
-        for shape, samples in measured.items():
+        raw[kind] = {"release": release, "batch": batch, "samples": measure(kind, rounds, batch, shapes, sides, pinned)}
+    return table(raw)
+
+
+def table(raw: Dict[str, Any]):
+    """The rows of :func:`rows` from its per-batch samples (also as ``--save`` wrote them)."""
+    out = []
+    for kind, run in raw.items():
+        release, batch = run["release"], run["batch"]
+        for shape, samples in run["samples"].items():
+            sides = [side for side in SIDES[kind] if samples.get(f"{side} wall")]
             for side in sides[1:]:
                 label = f"{kind.capitalize()} submit with a worker, {shape}, {release}, {DESIGNS[side]}"
                 for measure_name in MEASURES:
-                    stock, patched = samples[f"stock {measure_name}"], samples[f"{side} {measure_name}"]
+                    stock, patched = samples.get(f"stock {measure_name}"), samples.get(f"{side} {measure_name}")
+                    if not stock or not patched:  # not recorded by the run that saved these samples
+                        continue
                     if measure_name in COLLECTOR:  # often 0 in a batch: medians and totals, no per-batch ratio
                         unit = 1e6 if measure_name == "gc" else 100  # µs per submit; full collections per 100
                         out.append((f"{label}: {WHAT[measure_name]} (median of {len(stock)} batches of {batch}; "
@@ -448,7 +469,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pin", action="store_true",
                         help=f"the flow process on CPU {FLOW_CPU}, the server and the workers on the others")
     parser.add_argument("--save", metavar="FILE", help="write every per-batch sample to FILE (JSON)")
+    parser.add_argument("--table", metavar="FILE", help="measure nothing: the rows of samples --save wrote")
     args = parser.parse_args(argv)
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print(f"{saved['command']} (saved samples: {args.table})")
+        for row in table(saved["runners"]):
+            print(row)
+        return 0
     alternations, batch = (6, 10) if args.quick else (args.alternations, args.batch)
     runners = [r for r in args.runners.split(",") if r]
     unknown = sorted(set(runners) - set(SIDES))
