@@ -11,6 +11,10 @@ during the flow (summed by thread name, ended threads included: the watcher's
 thread ends at the runner's exit), and for the patched side the watcher's own
 figures: rounds, refs listed, CPU inside ``Watcher._ready`` (lock, check and
 ``ray.wait``) and inside the release callbacks.
+
+With ``PFA_PYSPY_DIR=dir`` each flow's process is sampled from outside by py-spy
+(20 Hz, every thread, never paused) into ``dir/<side>-<n>.txt`` (collapsed
+stacks); ``profile_diff.py`` compares the sides by function.
 """
 
 import collections
@@ -215,11 +219,19 @@ def main() -> None:
     with services.prefect_server(), flow_scale.cluster("ray", "killed") as address:
         for side in sides:
             before = worker_logs(address)
-            out = subprocess.run([sys.executable, __file__, "--one", side, str(runs), address],
-                                 capture_output=True, text=True, env=dict(os.environ))
+            command = [sys.executable, __file__, "--one", side, str(runs), address]
+            if os.environ.get("PFA_PYSPY_DIR"):  # sampled from outside, never paused (--nonblocking)
+                profiles = Path(os.environ["PFA_PYSPY_DIR"])
+                profiles.mkdir(parents=True, exist_ok=True)
+                count = sum(1 for _ in profiles.glob(f"{side}-*.txt"))
+                command = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-r", "20",
+                           "-t", "--nolineno", "-f", "raw", "-o", str(profiles / f"{side}-{count + 1}.txt"),
+                           "--"] + command
+            out = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
             started = len(worker_logs(address) - before)
             print(side, f"ray worker processes started: {started};",
-                  out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-3000:], flush=True)
+                  next((line for line in reversed(out.stdout.splitlines()) if line.startswith("{")), None)
+                  or out.stderr[-3000:], flush=True)
 
 
 if __name__ == "__main__":
