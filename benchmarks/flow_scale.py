@@ -8,11 +8,19 @@ driver's, the shim's), stock and patched.  The Dask cluster (one worker process,
 two threads) or the Ray head (two CPUs) is started once, outside every figure;
 each flow's runner connects to it, as production flows do.
 
-Two ways to pair the sides, both on the same cluster and Prefect server:
+Three ways to pair the sides, all on the same cluster and Prefect server:
 - ``fresh`` (the default): every flow in a fresh interpreter (after an unmeasured
   warm-up flow of 20 runs in it), the order swapped every pair;
-- ``alternate``: every flow in this one process, the order swapped every pair.
-Either way the pairs follow one unmeasured flow of half the size on the new
+- ``alternate``: every flow in this one process, the order swapped every pair;
+- ``duet``: a pair's two flows at the same time, each in a fresh interpreter
+  (warmed up as in ``fresh``, then started together), so that whatever the machine
+  does meanwhile falls on both sides ("duet benchmarking", Bulej et al. 2020).
+  The speed of this machine drifts by about 10% between flows minutes apart (the
+  flow thread's CPU for the same 2,000 submits read 72.8-87.4 s in one run), which
+  pairs run one after the other carry into their ratios.  In a duet each flow has
+  half the cluster, and a side that costs more slows the other too: the driver
+  CPU is each side's own, the wall time that of a shared cluster.
+Every way, the pairs follow one unmeasured flow of half the size on the new
 cluster and server (the first large flow they serve runs long).
 ``--mode both`` runs the two at one size and prints the spread of their per-pair
 ratios, the way to choose between them.  At 40 runs x 3 pairs (prefect 3.9.1,
@@ -37,6 +45,7 @@ with the workers kept, 7-9 starts and 129-164 s
     python benchmarks/flow_scale.py --runner ray --runs 1000 --pairs 1
     python benchmarks/flow_scale.py --runner ray --ray-workers killed   # Ray's default worker pool
     python benchmarks/flow_scale.py --mode both --runs 200 --pairs 4 --runner dask
+    python benchmarks/flow_scale.py --runner ray --mode duet --pairs 4
 """
 
 from __future__ import annotations
@@ -141,14 +150,70 @@ def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
             "load_end": os.getloadavg()[0]}
 
 
-def _fresh_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
-    out = subprocess.run(
+#: Set for the two processes of a duet: the directory where each says it is warm.
+DUET = "PFA_FLOW_SCALE_DUET"
+
+
+def _meet(side: str) -> None:
+    """In a duet's process, after its warm-up: say so, and wait (a readiness poll,
+    bounded) until the other side has said so too."""
+    meeting = os.environ.get(DUET)
+    if not meeting:
+        return
+    (Path(meeting) / side).touch()
+    deadline = time.monotonic() + 600
+    while not all((Path(meeting) / other).exists() for other in SIDES):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the other side of the duet did not warm up in 600 s")
+        time.sleep(0.05)
+
+
+def _start_flow(kind: str, side: str, runs: int, address: str) -> "subprocess.Popen":
+    return subprocess.Popen(
         [sys.executable, str(Path(__file__)), "--side", kind, side, str(runs), address],
-        capture_output=True, text=True, timeout=4 * 3600, env=dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} {side} flow (fresh process) failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _flow_result(kind: str, side: str, proc: "subprocess.Popen") -> Dict[str, float]:
+    try:
+        stdout, stderr = proc.communicate(timeout=4 * 3600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} {side} flow (fresh process) failed:\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _fresh_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
+    return _flow_result(kind, side, _start_flow(kind, side, runs, address))
+
+
+def _duet(kind: str, runs: int, address: str) -> Dict[str, Dict[str, float]]:
+    """Both sides at once, each in a fresh process on the same cluster and server:
+    whatever the machine does meanwhile (its speed drifts by 10% between flows
+    minutes apart here) falls on both.  Each process warms up with a flow of
+    ``WARM_UP_RUNS`` first and then waits for the other, so the measured flows
+    start together."""
+    with tempfile.TemporaryDirectory(prefix="pfa-duet-") as meeting:
+        os.environ[DUET] = meeting
+        try:
+            procs = {side: _start_flow(kind, side, runs, address) for side in SIDES}
+        finally:
+            del os.environ[DUET]
+        return _duet_results(kind, procs)
+
+
+def _duet_results(kind: str, procs: Dict[str, "subprocess.Popen"]) -> Dict[str, Dict[str, float]]:
+    try:
+        return {side: _flow_result(kind, side, proc) for side, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 @contextlib.contextmanager
@@ -176,10 +241,16 @@ def measure(kind: str, runs: int, pairs: int, mode: str, address: str) -> Dict[s
         for side in SIDES:
             one_flow(kind, side, WARM_UP_RUNS, address)
     if runs // 2 > WARM_UP_RUNS:
-        warm = (one_flow if mode == "alternate" else _fresh_flow)(kind, "stock", runs // 2, address)
+        warm = (one_flow if mode == "alternate" else _fresh_flow)(kind, "stock", runs // 2, address)  # duet too
         print(f"  {kind} {mode} warm-up flow of {runs // 2} runs (not counted): wall {warm['wall']:.1f} s",
               file=sys.stderr, flush=True)
     for pair in range(pairs):
+        if mode == "duet":
+            for side, sample in _duet(kind, runs, address).items():
+                samples[side].append(sample)
+                print(f"  {kind} duet pair {pair + 1}/{pairs} {side}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
+                      file=sys.stderr, flush=True)
+            continue
         for side in SIDES if pair % 2 == 0 else SIDES[::-1]:
             sample = (one_flow if mode == "alternate" else _fresh_flow)(kind, side, runs, address)
             samples[side].append(sample)
@@ -207,7 +278,8 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
     with contextlib.ExitStack() as stack:
         address = address or stack.enter_context(cluster(kind, RAY_WORKERS[0]))
         samples = measure(kind, runs, pairs, mode, address)
-    how = "alternating in one process" if mode == "alternate" else "fresh processes, alternating"
+    how = {"alternate": "alternating in one process", "fresh": "fresh processes, alternating",
+           "duet": "fresh processes, both sides at once"}[mode]
     name = NAMES[kind] + (f", idle workers {RAY_WORKERS[0]}" if kind == "ray" else "")
     loads = [s["load_start"] for side in SIDES for s in samples[side]] + [s["load_end"] for side in SIDES for s in samples[side]]
     out, ratios = [], {}
@@ -239,7 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, help="task runs per flow (default 2,000; --quick 100)")
     parser.add_argument("--pairs", type=int, help="stock/patched pairs per runner (default 4: each side first in "
                                                   "two; --quick 1)")
-    parser.add_argument("--mode", choices=("alternate", "fresh", "both"), default="fresh")
+    parser.add_argument("--mode", choices=("alternate", "fresh", "duet", "both"), default="fresh",
+                        help="both: alternate and fresh; duet: a pair's two flows run at the same time")
     parser.add_argument("--ray-workers", choices=("kept", "killed"), default="kept",
                         help="Ray's idle worker processes: kept for the driver's life (default), or killed after "
                              "1 s idle as Ray does by default (a flow's length then follows how many workers "
@@ -296,6 +369,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--side"]:
         kind, side, runs, address = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
         flow_scale.one_flow(kind, side, WARM_UP_RUNS, address)
+        flow_scale._meet(side)
         print(json.dumps(flow_scale.one_flow(kind, side, runs, address)))
     else:
         sys.exit(flow_scale.main())
