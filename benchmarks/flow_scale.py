@@ -39,6 +39,10 @@ starts a flow, about 2.2 s of wall each, and flows of 201-282 s on every side;
 with the workers kept, 7-9 starts and 129-164 s
 (research/flow_threads/FINDINGS.md).  ``--ray-workers killed`` measures Ray's default.
 
+Each Ray flow also records its watcher thread's CPU (``watcher_cpu``: 0 on the stock
+side).  Research only: ``PFA_FLOW_SCALE_POLL_SECONDS=S`` makes the patched flows'
+watcher round every S seconds instead of ``ray_watch.POLL_SECONDS``.
+
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
     python benchmarks/flow_scale.py                          # 2,000 runs a flow, four pairs per runner
     PFA_PREFECT_DB=postgres python benchmarks/flow_scale.py  # the server on a PostgreSQL of its own
@@ -134,6 +138,7 @@ def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
 
     runner = _runner(kind, address)  # imports the runner's module: the shim patches what is imported
     _switch(kind, side)
+    watcher = _watcher_clock() if kind == "ray" else [0.0]
     try:
         body = flow(seed_pairs, name=f"flow-scale-{kind}-{side}", task_runner=runner, log_prints=False)
         load = os.getloadavg()[0]
@@ -146,8 +151,35 @@ def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
     finally:
         prefect_future_anchor.uninstall()
     # main_cpu: the flow's own thread (a sync flow runs its body, and every submit, on the calling thread)
-    return {"wall": wall, "cpu": cpu, "main_cpu": main, "warnings": warnings.count, "load_start": load,
-            "load_end": os.getloadavg()[0]}
+    # watcher_cpu: the Ray watcher's thread (it ends at the runner's exit, inside the flow call)
+    return {"wall": wall, "cpu": cpu, "main_cpu": main, "watcher_cpu": watcher[0], "warnings": warnings.count,
+            "load_start": load, "load_end": os.getloadavg()[0]}
+
+
+#: Research only: the Ray watcher's round interval in the patched flows (``ray_watch.POLL_SECONDS``).
+POLL = "PFA_FLOW_SCALE_POLL_SECONDS"
+
+
+def _watcher_clock() -> List[float]:
+    """A list whose one number is the CPU the shim's Ray watcher threads used so far
+    (each thread adds its own ``thread_time()`` when it ends); with ``PFA_FLOW_SCALE_POLL_SECONDS``
+    set, the watcher rounds at that interval instead."""
+    from prefect_future_anchor import ray_watch
+
+    if os.environ.get(POLL):
+        ray_watch.POLL_SECONDS = float(os.environ[POLL])
+    spent = [0.0]
+    run = getattr(ray_watch.Watcher._run, "untimed", ray_watch.Watcher._run)  # once per process, however many flows
+
+    def timed_run(self):
+        try:
+            return run(self)
+        finally:
+            spent[0] += time.thread_time()
+
+    timed_run.untimed = run
+    ray_watch.Watcher._run = timed_run
+    return spent
 
 
 #: Set for the two processes of a duet: the directory where each says it is warm.
@@ -298,6 +330,12 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
                           / statistics.median(s["main_cpu"] for s in samples["stock"]))
     print(f"  {kind}: the flow thread's CPU, median patched / stock {ratios['main_cpu']:.3f} "
           f"({_spread(samples, 'main_cpu')})", file=sys.stderr, flush=True)
+    if kind == "ray":
+        spent = [s.get("watcher_cpu", 0.0) for s in samples["patched"]]
+        extra = [p["cpu"] - s["cpu"] for s, p in zip(samples["stock"], samples["patched"])]
+        print(f"  {kind}: the watcher thread's CPU per patched flow {', '.join(f'{x:.2f}' for x in spent)} s; "
+              f"patched minus stock driver CPU per pair {', '.join(f'{x:+.2f}' for x in extra)} s",
+              file=sys.stderr, flush=True)
     warnings = {side: sum(s["warnings"] for s in samples[side]) for side in SIDES}
     print(f"  {kind}: 'garbage collected' warnings stock {warnings['stock']}, patched {warnings['patched']}",
           file=sys.stderr, flush=True)
