@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -200,10 +200,10 @@ def _meet(side: str) -> None:
         time.sleep(0.05)
 
 
-def _start_flow(kind: str, side: str, runs: int, address: str) -> "subprocess.Popen":
+def _start_flow(kind: str, side: str, runs: int, address: str, **env: str) -> "subprocess.Popen":
     return subprocess.Popen(
         [sys.executable, str(Path(__file__)), "--side", kind, side, str(runs), address],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **env),
     )
 
 
@@ -229,23 +229,26 @@ def _duet(kind: str, runs: int, address: str) -> Dict[str, Dict[str, float]]:
     minutes apart here) falls on both.  Each process warms up with a flow of
     ``WARM_UP_RUNS`` first and then waits for the other, so the measured flows
     start together."""
+    procs: Dict[str, "subprocess.Popen"] = {}
     with tempfile.TemporaryDirectory(prefix="pfa-duet-") as meeting:
-        os.environ[DUET] = meeting
         try:
-            procs = {side: _start_flow(kind, side, runs, address) for side in SIDES}
-        finally:
-            del os.environ[DUET]
-        return _duet_results(kind, procs)
+            for side in SIDES:
+                procs[side] = _start_flow(kind, side, runs, address, **{DUET: meeting})
+            return {side: _flow_result(kind, side, proc) for side, proc in procs.items()}
+        finally:  # the other side, when one failed (or failed to start)
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
 
 
-def _duet_results(kind: str, procs: Dict[str, "subprocess.Popen"]) -> Dict[str, Dict[str, float]]:
-    try:
-        return {side: _flow_result(kind, side, proc) for side, proc in procs.items()}
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+def _pair(kind: str, mode: str, order: Sequence[str], runs: int, address: str) -> Iterator[Tuple[str, Dict[str, float]]]:
+    """The flows of one pair, each side's sample as soon as its flow has ended."""
+    if mode == "duet":
+        yield from _duet(kind, runs, address).items()
+        return
+    for side in order:
+        yield side, (one_flow if mode == "alternate" else _fresh_flow)(kind, side, runs, address)
 
 
 @contextlib.contextmanager
@@ -273,18 +276,11 @@ def measure(kind: str, runs: int, pairs: int, mode: str, address: str) -> Dict[s
         for side in SIDES:
             one_flow(kind, side, WARM_UP_RUNS, address)
     if runs // 2 > WARM_UP_RUNS:
-        warm = (one_flow if mode == "alternate" else _fresh_flow)(kind, "stock", runs // 2, address)  # duet too
+        warm = (one_flow if mode == "alternate" else _fresh_flow)(kind, "stock", runs // 2, address)
         print(f"  {kind} {mode} warm-up flow of {runs // 2} runs (not counted): wall {warm['wall']:.1f} s",
               file=sys.stderr, flush=True)
     for pair in range(pairs):
-        if mode == "duet":
-            for side, sample in _duet(kind, runs, address).items():
-                samples[side].append(sample)
-                print(f"  {kind} duet pair {pair + 1}/{pairs} {side}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
-                      file=sys.stderr, flush=True)
-            continue
-        for side in SIDES if pair % 2 == 0 else SIDES[::-1]:
-            sample = (one_flow if mode == "alternate" else _fresh_flow)(kind, side, runs, address)
+        for side, sample in _pair(kind, mode, SIDES if pair % 2 == 0 else SIDES[::-1], runs, address):
             samples[side].append(sample)
             print(f"  {kind} {mode} pair {pair + 1}/{pairs} {side}: " + json.dumps({k: round(v, 2) for k, v in sample.items()}),
                   file=sys.stderr, flush=True)

@@ -12,17 +12,16 @@ the median pair ratio, and its 95% bootstrap interval (the pairs resampled,
 
 import argparse
 import json
-import random
 import statistics
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from submit import interval  # noqa: E402  (the benchmarks' bootstrap interval of a median)
+
 KEYS = ("wall", "cpu", "main_cpu")
-
-
-def interval(ratios, draws=10000, seed=0):
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
-    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+DRAWS = 10000
 
 
 def report(name, samples):
@@ -33,7 +32,7 @@ def report(name, samples):
             continue
         ratios = [p / s for s, p in pairs]
         sides = statistics.median(p for _s, p in pairs) / statistics.median(s for s, _p in pairs)
-        low, high = interval(ratios)
+        low, high = interval(ratios, resamples=DRAWS)
         print(f"  {key:9} pair ratios {' '.join(f'{r:.3f}' for r in ratios)}; median of sides {sides:.3f}; "
               f"median pair ratio {statistics.median(ratios):.3f} (95% {low:.3f}-{high:.3f})")
 

@@ -14,7 +14,6 @@ between the two sides named first and second.
 
 import argparse
 import collections
-import re
 import statistics
 from pathlib import Path
 
