@@ -39,9 +39,9 @@ starts a flow, about 2.2 s of wall each, and flows of 201-282 s on every side;
 with the workers kept, 7-9 starts and 129-164 s
 (research/flow_threads/FINDINGS.md).  ``--ray-workers killed`` measures Ray's default.
 
-Each Ray flow also records its watcher thread's CPU (``watcher_cpu``: 0 on the stock
-side).  Research only: ``PFA_FLOW_SCALE_POLL_SECONDS=S`` makes the patched flows'
-watcher round every S seconds instead of ``ray_watch.POLL_SECONDS``.
+Each Ray flow also records its watcher thread's CPU and rounds (``watcher_cpu``,
+``watcher_rounds``: 0 on the stock side).  Research only: ``PFA_FLOW_SCALE_POLL_SECONDS=S`` sets the patched flows'
+``ray_watch.POLL_SECONDS`` (the shortest interval between the watcher's rounds).
 
     python benchmarks/flow_scale.py --quick                  # 100 runs a flow, one pair per runner
     python benchmarks/flow_scale.py                          # 2,000 runs a flow, four pairs per runner
@@ -138,7 +138,7 @@ def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
 
     runner = _runner(kind, address)  # imports the runner's module: the shim patches what is imported
     _switch(kind, side)
-    watcher = _watcher_clock() if kind == "ray" else [0.0]
+    watcher = _watcher_clock() if kind == "ray" else [0.0, 0]
     try:
         body = flow(seed_pairs, name=f"flow-scale-{kind}-{side}", task_runner=runner, log_prints=False)
         load = os.getloadavg()[0]
@@ -152,30 +152,32 @@ def one_flow(kind: str, side: str, runs: int, address: str) -> Dict[str, float]:
         prefect_future_anchor.uninstall()
     # main_cpu: the flow's own thread (a sync flow runs its body, and every submit, on the calling thread)
     # watcher_cpu: the Ray watcher's thread (it ends at the runner's exit, inside the flow call)
-    return {"wall": wall, "cpu": cpu, "main_cpu": main, "watcher_cpu": watcher[0], "warnings": warnings.count,
+    return {"wall": wall, "cpu": cpu, "main_cpu": main, "watcher_cpu": watcher[0], "watcher_rounds": watcher[1], "warnings": warnings.count,
             "load_start": load, "load_end": os.getloadavg()[0]}
 
 
-#: Research only: the Ray watcher's round interval in the patched flows (``ray_watch.POLL_SECONDS``).
+#: Research only: the Ray watcher's shortest round interval in the patched flows (``ray_watch.POLL_SECONDS``).
 POLL = "PFA_FLOW_SCALE_POLL_SECONDS"
 
 
 def _watcher_clock() -> List[float]:
-    """A list whose one number is the CPU the shim's Ray watcher threads used so far
-    (each thread adds its own ``thread_time()`` when it ends); with ``PFA_FLOW_SCALE_POLL_SECONDS``
+    """The CPU the shim's Ray watcher threads used so far, and their rounds (probes):
+    each thread adds its own ``thread_time()`` and rounds when it ends; with ``PFA_FLOW_SCALE_POLL_SECONDS``
     set, the watcher rounds at that interval instead."""
     from prefect_future_anchor import ray_watch
 
     if os.environ.get(POLL):
         ray_watch.POLL_SECONDS = float(os.environ[POLL])
-    spent = [0.0]
+    spent = [0.0, 0]
     run = getattr(ray_watch.Watcher._run, "untimed", ray_watch.Watcher._run)  # once per process, however many flows
 
     def timed_run(self):
+        rounds = self.rounds
         try:
             return run(self)
         finally:
             spent[0] += time.thread_time()
+            spent[1] += self.rounds - rounds
 
     timed_run.untimed = run
     ray_watch.Watcher._run = timed_run
@@ -329,7 +331,9 @@ def rows(kind: str, runs: int, pairs: int, mode: str = "fresh", address: str = "
     if kind == "ray":
         spent = [s.get("watcher_cpu", 0.0) for s in samples["patched"]]
         extra = [p["cpu"] - s["cpu"] for s, p in zip(samples["stock"], samples["patched"])]
-        print(f"  {kind}: the watcher thread's CPU per patched flow {', '.join(f'{x:.2f}' for x in spent)} s; "
+        rounds = [s.get("watcher_rounds", 0) for s in samples["patched"]]
+        print(f"  {kind}: the watcher thread's CPU per patched flow {', '.join(f'{x:.2f}' for x in spent)} s "
+              f"in {', '.join(map(str, rounds))} rounds; "
               f"patched minus stock driver CPU per pair {', '.join(f'{x:+.2f}' for x in extra)} s",
               file=sys.stderr, flush=True)
     warnings = {side: sum(s["warnings"] for s in samples[side]) for side in SIDES}

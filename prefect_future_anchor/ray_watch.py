@@ -20,13 +20,27 @@ with pending × rounds, and a flow with few pending pays little: a flow of
 2,000 runs on Ray used 21% of a core here, so a sweep at a fixed 1% of a core
 was 5% of the flow's CPU (``benchmarks/flow_scale.py``).
 
+Rounds follow the completions too: every ``POLL_SECONDS`` while each finds
+``FEW`` ready refs or more, spaced out toward ``IDLE_SECONDS`` as they find fewer
+(to the interval that would have found about ``FEW``).  In a running flow a
+round cost the watcher's thread about 0.4 ms whatever it listed (``ray.wait``
+alone has a fixed cost of about 30 µs of CPU and 90 µs of wall time), and a
+completion about 40 µs (the crash check and the release): in flows whose runs
+finish a few a second, rounds at a fixed ``POLL_SECONDS`` were most of the
+watcher's CPU (research/flow_threads/FINDINGS.md, "Rounds that follow the
+completions").
+
 Release bound: a ref in a window is seen within ``IDLE_SECONDS``
-(``POLL_SECONDS`` while runs keep completing); any other within one sweep
+(``POLL_SECONDS`` while runs keep completing fast); any other within one sweep
 pass: all in all within max(``BOUND_FLOOR``, pending × ``BOUND_PER_PENDING``)
 wherever a round costs at most ``SWEEP_PER_PENDING`` × ``SWEEP_BUDGET`` (2 µs)
-per ref listed; where it costs more, the 1% cap slows the pass.  On this
-project's 2-core machine the worst release measured was 2.96 s against 4 s at
-10,000 pending (``benchmarks/scale.py``; RESULTS.md, source M).
+per ref listed; where it costs more, the 1% cap slows the pass.  While a
+runner's exit waits for its runs (:meth:`Watcher.hurry`), rounds come every
+``POLL_SECONDS`` and the bound is max(``DRAIN_BOUND_FLOOR``, pending ×
+``BOUND_PER_PENDING``) from the drain's start, so a run that finished out of
+order does not hold the exit for the running flow's 9 s.  On this project's
+2-core machine the worst release measured at 10,000 pending, in random order,
+is in RESULTS.md (``benchmarks/scale.py``).
 """
 
 from __future__ import annotations
@@ -39,19 +53,26 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import guard
 
-#: Round interval while runs keep completing; the longest a run among the
+#: Round interval while runs keep completing fast; the longest a run among the
 #: oldest/newest waits to be seen then.
 POLL_SECONDS = 0.2
-#: Rounds back off to this after rounds that found nothing.
-IDLE_SECONDS = 0.5
+#: The longest interval: rounds that find fewer than FEW ready refs space out to it.
+IDLE_SECONDS = 1.0
+#: Rounds aim to find about this many ready refs each (between the two intervals).
+FEW = 8
 #: The sweep's pass over every pending ref: once per max(SWEEP_FLOOR, pending ×
-#: SWEEP_PER_PENDING) seconds, using at most SWEEP_BUDGET of a core.
-SWEEP_FLOOR = 2.0
+#: SWEEP_PER_PENDING) seconds, using at most SWEEP_BUDGET of a core; while a
+#: runner's exit waits for its runs (:meth:`Watcher.hurry`), once per
+#: max(DRAIN_SWEEP_FLOOR, pending × SWEEP_PER_PENDING), rounds every POLL_SECONDS.
+SWEEP_FLOOR = 8.0
+DRAIN_SWEEP_FLOOR = 2.0
 SWEEP_PER_PENDING = 200e-6
 SWEEP_BUDGET = 0.01
 #: The stated release bound for a run that finishes out of order:
-#: max(BOUND_FLOOR, pending × BOUND_PER_PENDING) seconds (a pass, plus a round).
-BOUND_FLOOR = 2.5
+#: max(BOUND_FLOOR, pending × BOUND_PER_PENDING) seconds (a pass, plus a round);
+#: during a runner's exit, max(DRAIN_BOUND_FLOOR, pending × BOUND_PER_PENDING).
+BOUND_FLOOR = 9.0
+DRAIN_BOUND_FLOOR = 2.5
 BOUND_PER_PENDING = 400e-6
 #: A round that listed fewer refs than this does not update the per-ref cost the
 #: sweep is paced by: the call's fixed cost would dominate it.
@@ -135,6 +156,7 @@ class Watcher:
         self._changed = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._paused = 0
+        self._hurried = 0
         self.rounds = 0  # probe calls made (for the benchmarks)
 
     # -- the API the integration uses -------------------------------------------------
@@ -146,17 +168,14 @@ class Watcher:
             if entry is None:
                 entry = self._pending[ref] = _Entry()
             entry.callbacks.append((on_ready, on_lost))
-            # The thread is woken only when it must look sooner than it planned: it was
-            # idle (nothing pending) or backing off.  Waking it on every submit cost
-            # the submitting thread a futex call and the watcher a pass per run.
-            sooner = len(self._pending) == 1 and len(entry.callbacks) == 1
-            if self._interval > POLL_SECONDS:
-                self._interval = POLL_SECONDS
-                self._due = min(self._due, self._last + POLL_SECONDS)
-                sooner = True
+            # The thread is woken only when it was idle (nothing pending).  A round at
+            # its planned time sees a new run within IDLE_SECONDS anyway; waking it on
+            # every submit cost the submitting thread a futex call and the watcher a
+            # round per run, and pulling rounds in while runs are submitted cost a
+            # slow flow a round every POLL_SECONDS for as long as it submits.
             if self._thread is None and not self._paused:
                 self._start()
-            elif sooner:
+            elif len(self._pending) == 1 and len(entry.callbacks) == 1:
                 self._changed.notify_all()
 
     def pause(self, timeout: float = 30) -> None:
@@ -167,6 +186,20 @@ class Watcher:
             self._changed.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def hurry(self) -> None:
+        """Someone waits for the pending refs (a runner's exit drains its runs): until
+        as many :meth:`unhurry` calls, round every ``POLL_SECONDS`` and sweep at the
+        drain's pace, starting now."""
+        with self._changed:
+            self._hurried += 1
+            self._interval = POLL_SECONDS
+            self._due = min(self._due, time.monotonic())
+            self._changed.notify_all()
+
+    def unhurry(self) -> None:
+        with self._changed:
+            self._hurried = max(0, self._hurried - 1)
 
     def abandon(self) -> List[Callback]:
         """Drop every pending ref, calling nothing; return their ``on_lost`` callbacks."""
@@ -234,7 +267,7 @@ class Watcher:
             # The whole round's CPU paces the sweep (planning, probe and bookkeeping),
             # counted only for a round that probed (not one that found Ray's lock taken).
             cost = time.thread_time() - started if self.rounds != rounds else 0.0
-            self._paced(len(refs), bool(ready), cost)
+            self._paced(len(refs), len(ready), cost)
         del refs, ready
         for callback in callbacks:
             try:
@@ -271,7 +304,8 @@ class Watcher:
         and how many of them lead the list as the oldest and then the newest."""
         pending = self._pending
         n = len(pending)
-        rate = min(n / max(SWEEP_FLOOR, n * SWEEP_PER_PENDING), SWEEP_BUDGET / self._per_ref)  # refs per second
+        floor = DRAIN_SWEEP_FLOOR if self._hurried else SWEEP_FLOOR
+        rate = min(n / max(floor, n * SWEEP_PER_PENDING), SWEEP_BUDGET / self._per_ref)  # refs per second
         self._credit = min(self.max_chunk, self._credit + (now - self._last) * rate)
         self._last = now
         front, back = min(self._front, self.oldest), min(self._back, self.newest)
@@ -321,10 +355,13 @@ class Watcher:
             self._pending[ref].slot = slot
         self._cursor = 0
 
-    def _paced(self, listed: int, found: bool, cost: float) -> None:
+    def _paced(self, listed: int, found: int, cost: float) -> None:
         if listed >= PACE_MIN_LISTED and cost > 0:
             self._per_ref = max(1e-7, 0.8 * self._per_ref + 0.2 * cost / listed)
-        self._interval = POLL_SECONDS if found else min(IDLE_SECONDS, self._interval * 2)
+        # The next interval is the one that would have found about FEW at this
+        # round's rate (twice this one after a round that found nothing).
+        wanted = self._interval * FEW / found if found else self._interval * 2
+        self._interval = POLL_SECONDS if self._hurried else min(IDLE_SECONDS, max(POLL_SECONDS, wanted))
         self._due = self._last + self._interval
 
     def _take(self, ref: Any) -> List[Tuple[Callback, Callback]]:

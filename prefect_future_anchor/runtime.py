@@ -21,8 +21,9 @@ and applying patches is not done here.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from . import anchor, drain, guard, outcomes
 
@@ -81,6 +82,11 @@ class Runtime:
 
     def before_drain(self) -> None:
         """What a runner must settle before the drain decides what is unresolved."""
+
+    @contextlib.contextmanager
+    def draining(self) -> Iterator[None]:
+        """Around the drain's wait: what a runner needs meanwhile."""
+        yield
 
     def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
         """The stock ``__exit__`` (a runner may need to quiesce around it)."""
@@ -151,7 +157,8 @@ class Runtime:
             try:
                 reason = self._unclean_exit(instance, exc_type) or ""
                 self.before_drain()
-                cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel, reason)
+                with self.draining():
+                    cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel, reason)
             except Exception as exc:
                 guard.failed(f"{self.name}.drain", exc)
             except BaseException as interrupt:  # Ctrl-C / termination while the drain waits

@@ -127,6 +127,44 @@ def test_refs_finishing_out_of_order_far_from_the_oldest_and_newest_are_released
         ray.get(gate.open.remote(range(len(refs))))
 
 
+def test_while_a_runner_exit_drains_runs_finished_out_of_order_are_found_at_the_drains_pace(ray, monkeypatch):
+    """A running flow's sweep passes slowly (``SWEEP_FLOOR``, here a year); while the
+    exit drains (``RayRuntime.draining``) its watcher sweeps at the drain's pace and
+    finds them.  Control: a watcher of the same refs outside a drain finds none."""
+    from prefect_future_anchor import ray_watch
+    from prefect_future_anchor.ray_runner import RayRuntime
+
+    monkeypatch.setattr(ray_watch, "SWEEP_FLOOR", 365 * 24 * 3600.0)
+    gate = make_gate(ray)
+    blockers_before, middle, blockers_after = 20, 100, 5
+    refs = [gate.hold.remote(i) for i in range(blockers_before + middle + blockers_after)]
+    calls, control = Calls(), Calls()
+    runtime, running = RayRuntime(), ray_watch.Watcher()
+    draining = runtime.watcher
+    for w in (draining, running):
+        w.oldest, w.newest = 4, 2  # the blockers fill both windows
+    for i, ref in enumerate(refs):
+        draining.watch(ref, calls.on_ready(i), calls.on_lost(i))
+        running.watch(ref, control.on_ready(i), control.on_lost(i))
+    try:
+        with runtime.draining():
+            opened = list(range(blockers_before, blockers_before + middle))
+            random.Random(17517).shuffle(opened)
+            ray.get(gate.open.remote(opened))
+            ready, _ = ray.wait([refs[i] for i in opened], num_returns=middle, timeout=DEADLINE, fetch_local=False)
+            assert len(ready) == middle
+            _poll(lambda: len(calls.ready) == middle, "every opened ref released during the drain")
+        assert calls.ready == {i: 1 for i in opened} and calls.lost == {}
+        assert draining.pending() == blockers_before + blockers_after
+        assert running.rounds > 0
+        assert control.ready == {} and running.pending() == len(refs)
+    finally:
+        for w in (draining, running):
+            w.pause()
+            w.abandon()
+        ray.get(gate.open.remote(range(len(refs))))
+
+
 def test_a_users_ray_shutdown_gives_up_every_pending_ref_and_starts_no_new_ray(ray, monkeypatch):
     """``ray.wait`` on a Ray that is down starts a new one (its auto-init hook):
     the watcher must see Ray down, call ``on_lost`` for all, and stop."""

@@ -12,6 +12,10 @@ thread ends at the runner's exit), and for the patched side the watcher's own
 figures: rounds, refs listed, CPU inside ``Watcher._ready`` (lock, check and
 ``ray.wait``) and inside the release callbacks.
 
+The Ray head kills idle workers as Ray does by default; with
+``PFA_FLOW_THREADS_RAY_WORKERS=kept`` it keeps them, as ``flow_scale.py`` does by default.
+To measure another version of the package, put its tree first on ``PYTHONPATH``.
+
 With ``PFA_PYSPY_DIR=dir`` each flow's process is sampled from outside by py-spy
 (20 Hz, every thread, never paused) into ``dir/<side>-<n>.txt`` (collapsed
 stacks); ``profile_diff.py`` compares the sides by function.
@@ -216,7 +220,8 @@ def worker_logs(address: str) -> set:
 
 def main() -> None:
     runs, sides = int(sys.argv[1]), sys.argv[2:]
-    with services.prefect_server(), flow_scale.cluster("ray", "killed") as address:
+    workers = os.environ.get("PFA_FLOW_THREADS_RAY_WORKERS", "killed")
+    with services.prefect_server(), flow_scale.cluster("ray", workers) as address:
         for side in sides:
             before = worker_logs(address)
             command = [sys.executable, __file__, "--one", side, str(runs), address]
