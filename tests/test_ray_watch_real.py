@@ -8,6 +8,7 @@ gate, so which refs are ready, and when, is the test's to say.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -88,43 +89,62 @@ class Calls:
         return self._record(self.lost, key)
 
 
+BLOCKERS_BEFORE, BLOCKERS_AFTER = 20, 5
+
+
+@contextlib.contextmanager
+def out_of_order(ray, watcher, control_watcher, middle: int):
+    """Refs: ``BLOCKERS_BEFORE`` that stay pending, ``middle`` that the test opens,
+    ``BLOCKERS_AFTER`` that stay pending, all watched by both watchers, whose windows
+    (4 oldest, 2 newest) the blockers fill: only a sweep can find the middle ones.
+    Yields the refs, each watcher's calls, and ``open_middle()``, which opens the middle
+    refs in a shuffled order and returns their indices once Ray says all are ready."""
+    gate = make_gate(ray)
+    refs = [gate.hold.remote(i) for i in range(BLOCKERS_BEFORE + middle + BLOCKERS_AFTER)]
+    calls, control = Calls(), Calls()
+    for w in (watcher, control_watcher):
+        w.oldest, w.newest = 4, 2
+    for i, ref in enumerate(refs):
+        watcher.watch(ref, calls.on_ready(i), calls.on_lost(i))
+        control_watcher.watch(ref, control.on_ready(i), control.on_lost(i))
+
+    def open_middle():
+        opened = list(range(BLOCKERS_BEFORE, BLOCKERS_BEFORE + middle))
+        random.Random(17517).shuffle(opened)
+        ray.get(gate.open.remote(opened))
+        ready, _ = ray.wait([refs[i] for i in opened], num_returns=middle, timeout=DEADLINE, fetch_local=False)
+        assert len(ready) == middle
+        return opened
+
+    try:
+        yield refs, calls, control, open_middle
+    finally:
+        for w in (watcher, control_watcher):
+            w.pause()
+            w.abandon()
+        ray.get(gate.open.remote(range(len(refs))))
+
+
 def test_refs_finishing_out_of_order_far_from_the_oldest_and_newest_are_released_once(ray):
     """Runs that finish behind older runs that do not (and ahead of newer ones) are
     found by the sweep; a watcher without the sweep never releases them."""
     from prefect_future_anchor.ray_watch import Watcher
 
-    gate = make_gate(ray)
-    blockers_before, middle, blockers_after = 20, 300, 5
-    refs = [gate.hold.remote(i) for i in range(blockers_before + middle + blockers_after)]
-    calls, control = Calls(), Calls()
     watcher, without_sweep = Watcher(), Watcher()
-    for w in (watcher, without_sweep):
-        w.oldest, w.newest = 4, 2  # the blockers fill both windows
     without_sweep.max_chunk = 0
-    for i, ref in enumerate(refs):
-        watcher.watch(ref, calls.on_ready(i), calls.on_lost(i))
-        without_sweep.watch(ref, control.on_ready(i), control.on_lost(i))
-    watcher.watch(refs[blockers_before], calls.on_ready("again"), calls.on_lost("again"))
-    try:
-        opened = list(range(blockers_before, blockers_before + middle))
-        random.Random(17517).shuffle(opened)
-        ray.get(gate.open.remote(opened))
-        ready, _ = ray.wait([refs[i] for i in opened], num_returns=middle, timeout=DEADLINE, fetch_local=False)
-        assert len(ready) == middle
+    middle = 300
+    with out_of_order(ray, watcher, without_sweep, middle) as (refs, calls, control, open_middle):
+        watcher.watch(refs[BLOCKERS_BEFORE], calls.on_ready("again"), calls.on_lost("again"))
+        opened = open_middle()
         _poll(lambda: len(calls.ready) == middle + 1, "every opened ref released")
 
         assert calls.ready == {**{i: 1 for i in opened}, "again": 1}
         assert calls.lost == {}
         assert calls.threads == {"prefect-future-anchor-ray"}
-        assert watcher.pending() == blockers_before + blockers_after
+        assert watcher.pending() == BLOCKERS_BEFORE + BLOCKERS_AFTER
         # control: the same refs, the same windows, no sweep: nothing it could see was ready
         assert without_sweep.rounds > 0
         assert control.ready == {} and without_sweep.pending() == len(refs)
-    finally:
-        for w in (watcher, without_sweep):
-            w.pause()
-            w.abandon()
-        ray.get(gate.open.remote(range(len(refs))))
 
 
 def test_while_a_runner_exit_drains_runs_finished_out_of_order_are_found_at_the_drains_pace(ray, monkeypatch):
@@ -135,34 +155,16 @@ def test_while_a_runner_exit_drains_runs_finished_out_of_order_are_found_at_the_
     from prefect_future_anchor.ray_runner import RayRuntime
 
     monkeypatch.setattr(ray_watch, "SWEEP_FLOOR", 365 * 24 * 3600.0)
-    gate = make_gate(ray)
-    blockers_before, middle, blockers_after = 20, 100, 5
-    refs = [gate.hold.remote(i) for i in range(blockers_before + middle + blockers_after)]
-    calls, control = Calls(), Calls()
     runtime, running = RayRuntime(), ray_watch.Watcher()
-    draining = runtime.watcher
-    for w in (draining, running):
-        w.oldest, w.newest = 4, 2  # the blockers fill both windows
-    for i, ref in enumerate(refs):
-        draining.watch(ref, calls.on_ready(i), calls.on_lost(i))
-        running.watch(ref, control.on_ready(i), control.on_lost(i))
-    try:
+    middle = 100
+    with out_of_order(ray, runtime.watcher, running, middle) as (refs, calls, control, open_middle):
         with runtime.draining():
-            opened = list(range(blockers_before, blockers_before + middle))
-            random.Random(17517).shuffle(opened)
-            ray.get(gate.open.remote(opened))
-            ready, _ = ray.wait([refs[i] for i in opened], num_returns=middle, timeout=DEADLINE, fetch_local=False)
-            assert len(ready) == middle
+            opened = open_middle()
             _poll(lambda: len(calls.ready) == middle, "every opened ref released during the drain")
         assert calls.ready == {i: 1 for i in opened} and calls.lost == {}
-        assert draining.pending() == blockers_before + blockers_after
+        assert runtime.watcher.pending() == BLOCKERS_BEFORE + BLOCKERS_AFTER
         assert running.rounds > 0
         assert control.ready == {} and running.pending() == len(refs)
-    finally:
-        for w in (draining, running):
-            w.pause()
-            w.abandon()
-        ray.get(gate.open.remote(range(len(refs))))
 
 
 def test_a_users_ray_shutdown_gives_up_every_pending_ref_and_starts_no_new_ray(ray, monkeypatch):
