@@ -161,9 +161,10 @@ POLL = "PFA_FLOW_SCALE_POLL_SECONDS"
 
 
 def _watcher_clock() -> List[float]:
-    """The CPU the shim's Ray watcher threads used so far, and their rounds (probes):
-    each thread adds its own ``thread_time()`` and rounds when it ends; with ``PFA_FLOW_SCALE_POLL_SECONDS``
-    set, the watcher rounds at that interval instead."""
+    """``[cpu, rounds]``: the CPU the shim's Ray watcher threads used so far, and their
+    rounds (probes); each thread adds its own ``thread_time()`` and rounds when it ends.
+    With ``PFA_FLOW_SCALE_POLL_SECONDS`` set, that is the watcher's shortest round
+    interval instead of ``ray_watch.POLL_SECONDS``."""
     from prefect_future_anchor import ray_watch
 
     if os.environ.get(POLL):

@@ -24,7 +24,7 @@ Rounds follow the completions too: every ``POLL_SECONDS`` while each finds
 ``FEW`` ready refs or more, spaced out toward ``IDLE_SECONDS`` as they find fewer
 (to the interval that would have found about ``FEW``).  In a running flow a
 round cost the watcher's thread about 0.4 ms whatever it listed (``ray.wait``
-alone has a fixed cost of about 30 µs of CPU and 90 µs of wall time), and a
+alone has a fixed cost of about 35 µs of CPU and 90 µs of wall time), and a
 completion about 40 µs (the crash check and the release): in flows whose runs
 finish a few a second, rounds at a fixed ``POLL_SECONDS`` were most of the
 watcher's CPU (research/flow_threads/FINDINGS.md, "Rounds that follow the

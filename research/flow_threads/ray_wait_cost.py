@@ -3,8 +3,8 @@
     .nox/matrix-3-9-1/bin/python research/flow_threads/ray_wait_cost.py
 
 A local Ray (2 CPUs) and refs that never become ready while measured (calls of
-an async actor waiting on one event), listed 1 to 2,000 at a time, 300 calls
-each: the calling thread's CPU and the wall time per call.  A watcher round is
+``benchmarks/scale.py``'s gate actor, never opened), listed 1 to 2,000 at a time,
+300 calls each: the calling thread's CPU and the wall time per call.  A watcher round is
 one such call plus its bookkeeping, so the fixed part is what a round costs
 whatever it lists.  For comparison, the crash check's reads of a ready ref
 (``ray_errors.read``) on 2,000 small finished refs.
@@ -16,7 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from scale import make_gate  # noqa: E402  (its gate: refs whose completion the caller controls)
 
 LISTED = (1, 24, 80, 500, 2000)
 CALLS = 300
@@ -36,23 +40,9 @@ def main() -> int:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-
-        @ray.remote(num_cpus=0, max_concurrency=10_000)
-        class Gate:
-            def __init__(self):
-                import asyncio
-
-                self.opened = asyncio.Event()
-
-            async def hold(self, i):
-                await self.opened.wait()
-
-            def up(self):
-                return True
-
-        gate = Gate.remote()
-        ray.get(gate.up.remote())
+        gate = make_gate(ray, max(LISTED) + 10)  # room for every hold and the calls beside them
         refs = [gate.hold.remote(i) for i in range(max(LISTED))]
+        ray.get(gate.count.remote())  # the actor is up
         print("| refs listed | calling thread CPU per call | wall per call |")
         print("|---|---|---|")
         for n in LISTED:
