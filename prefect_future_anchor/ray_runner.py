@@ -116,19 +116,16 @@ class RayRuntime(Runtime):
         except Exception as exc:  # pragma: no cover - defensive
             guard.failed("ray.let-go", exc)
 
-    def before_drain(self) -> None:
-        """Ray already down at runner exit (the flow shut it down, with the shim
-        uninstalled meanwhile or before a watcher round saw it): nothing watched can
-        resolve, so let go now rather than drain."""
-        self._let_go_if_down(self._watchers())
-
     @contextlib.contextmanager
     def draining(self) -> Iterator[None]:
-        """While the exit waits, the watchers look at the pending refs at the drain's
-        pace: a run that finished out of order is seen within
-        max(``ray_watch.DRAIN_BOUND_FLOOR``, pending × ``BOUND_PER_PENDING``), not the
-        running flow's ``BOUND_FLOOR``."""
+        """Ray already down at runner exit (the flow shut it down, with the shim
+        uninstalled meanwhile or before a watcher round saw it): nothing watched can
+        resolve, so let go now rather than drain.  Otherwise, while the exit waits, the
+        watchers look at the pending refs at the drain's pace: a run that finished out
+        of order is seen within max(``ray_watch.DRAIN_BOUND_FLOOR``, pending ×
+        ``BOUND_PER_PENDING``), not the running flow's ``BOUND_FLOOR``."""
         watchers = self._watchers()
+        self._let_go_if_down(watchers)
         for watcher in watchers:
             watcher.hurry()
         try:

@@ -80,12 +80,10 @@ class Runtime:
         Called on the completion callback's thread; must not fetch a result."""
         raise NotImplementedError
 
-    def before_drain(self) -> None:
-        """What a runner must settle before the drain decides what is unresolved."""
-
     @contextlib.contextmanager
     def draining(self) -> Iterator[None]:
-        """Around the drain's wait: what a runner needs meanwhile."""
+        """Around the drain: what a runner must settle before it decides what is
+        unresolved, and what it needs while it waits."""
         yield
 
     def stock_exit(self, wrapped: Any, runner: Any, args: Any, kwargs: Any) -> Any:
@@ -156,7 +154,6 @@ class Runtime:
         try:
             try:
                 reason = self._unclean_exit(instance, exc_type) or ""
-                self.before_drain()
                 with self.draining():
                     cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel, reason)
             except Exception as exc:

@@ -160,7 +160,7 @@ ABLATIONS = {
 
 def _hold_till_exit(rr) -> None:
     held = []
-    before_drain = type(rr.runtime).before_drain
+    draining = type(rr.runtime).draining
 
     def when_done(self, raw, done, lost):
         held.append(done)
@@ -168,9 +168,9 @@ def _hold_till_exit(rr) -> None:
     def release_all(self):
         while held:
             held.pop()()
-        before_drain(self)
+        return draining(self)
 
-    type(rr.runtime).when_done, type(rr.runtime).before_drain = when_done, release_all
+    type(rr.runtime).when_done, type(rr.runtime).draining = when_done, release_all
 
 
 def _switch(kind: str, side: str) -> None:
