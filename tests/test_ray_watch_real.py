@@ -97,8 +97,10 @@ def out_of_order(ray, watcher, control_watcher, middle: int):
     """Refs: ``BLOCKERS_BEFORE`` that stay pending, ``middle`` that the test opens,
     ``BLOCKERS_AFTER`` that stay pending, all watched by both watchers, whose windows
     (4 oldest, 2 newest) the blockers fill: only a sweep can find the middle ones.
-    Yields the refs, each watcher's calls, and ``open_middle()``, which opens the middle
-    refs in a shuffled order and returns their indices once Ray says all are ready."""
+    Yields the refs, each watcher's calls, ``open_middle()``, which opens the middle
+    refs in a shuffled order and returns their indices once Ray says all are ready, and
+    ``control_looked()``, which waits until the control watcher has probed since then
+    (its first round may come after the other watcher has found them all)."""
     gate = make_gate(ray)
     refs = [gate.hold.remote(i) for i in range(BLOCKERS_BEFORE + middle + BLOCKERS_AFTER)]
     calls, control = Calls(), Calls()
@@ -114,10 +116,15 @@ def out_of_order(ray, watcher, control_watcher, middle: int):
         ray.get(gate.open.remote(opened))
         ready, _ = ray.wait([refs[i] for i in opened], num_returns=middle, timeout=DEADLINE, fetch_local=False)
         assert len(ready) == middle
+        ready_at.append(control_watcher.rounds)
         return opened
 
+    def control_looked():
+        _poll(lambda: control_watcher.rounds > ready_at[-1], "a round of the control watcher after the refs were ready")
+
+    ready_at = []
     try:
-        yield refs, calls, control, open_middle
+        yield refs, calls, control, open_middle, control_looked
     finally:
         for w in (watcher, control_watcher):
             w.pause()
@@ -133,7 +140,7 @@ def test_refs_finishing_out_of_order_far_from_the_oldest_and_newest_are_released
     watcher, without_sweep = Watcher(), Watcher()
     without_sweep.max_chunk = 0
     middle = 300
-    with out_of_order(ray, watcher, without_sweep, middle) as (refs, calls, control, open_middle):
+    with out_of_order(ray, watcher, without_sweep, middle) as (refs, calls, control, open_middle, control_looked):
         watcher.watch(refs[BLOCKERS_BEFORE], calls.on_ready("again"), calls.on_lost("again"))
         opened = open_middle()
         _poll(lambda: len(calls.ready) == middle + 1, "every opened ref released")
@@ -143,7 +150,7 @@ def test_refs_finishing_out_of_order_far_from_the_oldest_and_newest_are_released
         assert calls.threads == {"prefect-future-anchor-ray"}
         assert watcher.pending() == BLOCKERS_BEFORE + BLOCKERS_AFTER
         # control: the same refs, the same windows, no sweep: nothing it could see was ready
-        assert without_sweep.rounds > 0
+        control_looked()
         assert control.ready == {} and without_sweep.pending() == len(refs)
 
 
@@ -157,13 +164,13 @@ def test_while_a_runner_exit_drains_runs_finished_out_of_order_are_found_at_the_
     monkeypatch.setattr(ray_watch, "SWEEP_FLOOR", 365 * 24 * 3600.0)
     runtime, running = RayRuntime(), ray_watch.Watcher()
     middle = 100
-    with out_of_order(ray, runtime.watcher, running, middle) as (refs, calls, control, open_middle):
+    with out_of_order(ray, runtime.watcher, running, middle) as (refs, calls, control, open_middle, control_looked):
         with runtime.draining():
             opened = open_middle()
             _poll(lambda: len(calls.ready) == middle, "every opened ref released during the drain")
         assert calls.ready == {i: 1 for i in opened} and calls.lost == {}
         assert runtime.watcher.pending() == BLOCKERS_BEFORE + BLOCKERS_AFTER
-        assert running.rounds > 0
+        control_looked()
         assert control.ready == {} and running.pending() == len(refs)
 
 
