@@ -49,6 +49,11 @@ class Runs:
         self.flow_run: Any = None
         #: runs the shim cancelled: their end is a cancellation, not a crash
         self.cancelled: set = set()
+        #: the runtime of the runner that holds them, the flow run's logger and its
+        #: own deadline (monotonic; from ``timeout_seconds``): set by the integration
+        self.runtime: Any = None
+        self.log: Any = None
+        self.bound: Optional[float] = None
 
     def hold(self, key: Any, name: str, future: Any) -> Callable[..., None]:
         """Keep ``future`` until the returned release is called (idempotent; the

@@ -16,7 +16,7 @@ import inspect
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import guard
 from .patches import FinalStates, Patch, Track, code_constants, code_reads
@@ -219,6 +219,14 @@ class DaskRuntime(Runtime):
 
     def cancel(self, raw: Any) -> None:
         raw.cancel()
+
+    def cancel_batch(self, raws: List[Any]) -> None:
+        """One ``client.cancel`` call per client for all the runs."""
+        clients: Dict[int, Tuple[Any, List[Any]]] = {}
+        for raw in raws:
+            clients.setdefault(id(raw.client), (raw.client, []))[1].append(raw)
+        for client, futures in clients.values():
+            client.cancel(futures)
 
     def failure(self, raw: Any) -> Optional[BaseException]:
         # A run's Prefect engine returns its State (Failed included) as the Dask

@@ -77,7 +77,19 @@ class Patch:
         self.applies = applies
         self.why = why
         self.applied = False
-        self._originals: List[Tuple[type, str, bool, Any]] = []
+        #: (owner, attribute, whether the owner had it, the original, what the patch put there)
+        self._originals: List[Tuple[Any, str, bool, Any, Any]] = []
+
+    @property
+    def runner(self) -> str:
+        """The prefix that names every patch of this runner ("dask" for "dask.track")."""
+        return self.name.split(".", 1)[0]
+
+    @property
+    def requires(self) -> Tuple[str, ...]:
+        """Names of the patches this one cannot work without: disabling one of them
+        disables this one too."""
+        return ()
 
     def __repr__(self) -> str:
         return f"<Patch {self.name} {self.distribution}{self.applies}{' applied' if self.applied else ''}>"
@@ -114,35 +126,42 @@ class Patch:
             raise
         self.applied = True
 
-    def remove(self) -> None:
-        """Put back exactly the attributes this patch replaced, newest first."""
+    def remove(self) -> List[str]:
+        """Put back the attributes this patch replaced, newest first.  An attribute
+        that something else replaced after this patch (another library wrapping
+        ``submit`` over the shim's wrapper) is left as it is, so that its change
+        survives: its name is returned.  The patch's switch is off either way, so a
+        wrapper of the shim's left inside another's passes every call through."""
         if self.applied:
             self.switch(False)
-        self._restore()
+        kept = self._restore()
         self.applied = False
+        return kept
 
-    def _restore(self) -> None:
+    def _restore(self) -> List[str]:
+        kept = []
         while self._originals:
-            owner, attribute, had, original = self._originals.pop()
-            if had:
+            owner, attribute, had, original, ours = self._originals.pop()
+            if getattr(owner, "__dict__", {}).get(attribute) is not ours:
+                kept.append(f"{getattr(owner, '__name__', owner)}.{attribute}")
+            elif had:
                 setattr(owner, attribute, original)
             else:
                 try:
                     delattr(owner, attribute)
                 except AttributeError:  # pragma: no cover - already gone
                     pass
+        return kept
 
-    def _remember(self, owner: type, attribute: str) -> None:
-        had = attribute in owner.__dict__
-        self._originals.append((owner, attribute, had, owner.__dict__.get(attribute)))
-
-    def wrap_method(self, owner: type, attribute: str, wrapper: Any) -> None:
-        self._remember(owner, attribute)
+    def wrap_method(self, owner: Any, attribute: str, wrapper: Any) -> None:
+        had, original = attribute in owner.__dict__, owner.__dict__.get(attribute)
         wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        self._originals.append((owner, attribute, had, original, owner.__dict__.get(attribute)))
 
-    def replace(self, owner: type, attribute: str, value: Any) -> None:
-        self._remember(owner, attribute)
+    def replace(self, owner: Any, attribute: str, value: Any) -> None:
+        had, original = attribute in owner.__dict__, owner.__dict__.get(attribute)
         setattr(owner, attribute, value)
+        self._originals.append((owner, attribute, had, original, owner.__dict__.get(attribute)))
 
 
 class Track(Patch):
@@ -189,6 +208,10 @@ class FinalStates(Patch):
     def __init__(self, *args: Any, track: Track, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.track = track
+
+    @property
+    def requires(self) -> Tuple[str, ...]:
+        return (self.track.name,)
 
     def problem(self, module: Any) -> Optional[str]:
         problem = super().problem(module)

@@ -94,6 +94,14 @@ def has_false_warning(distribution: str, version: Optional[str] = None) -> bool:
         return False
 
 
+def is_untested(distribution: str, version: Optional[str]) -> bool:
+    """Whether ``version`` of ``distribution`` is newer than the newest release tested."""
+    try:
+        return version is not None and parse_version(version) > parse_version(TESTED[distribution])
+    except (KeyError, ValueError):
+        return False
+
+
 def detect() -> Dict[str, Optional[str]]:
     """Installed versions of prefect, prefect-dask and prefect-ray (None if absent)."""
     return {name: installed_version(name) for name in SUPPORTED}
@@ -200,7 +208,7 @@ def update_readme(path: str) -> bool:
 
 
 # The patch objects, defined with their runners (imported last: they use the functions above).
-from . import dask_runner, process_pool, ray_runner  # noqa: E402
+from . import dask_runner, flow_engine, process_pool, ray_runner  # noqa: E402
 
 PATCHES = (
     dask_runner.TRACK,
@@ -211,5 +219,6 @@ PATCHES = (
     dask_runner.CLIENT_ONCE,
     process_pool.TRACK,
     process_pool.FINAL_STATES,
+    flow_engine.patch,
 )
 PATCH_NAMES = tuple(p.name for p in PATCHES)

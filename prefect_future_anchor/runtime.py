@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from . import anchor, drain, guard, outcomes
@@ -32,18 +33,54 @@ def _task_of(task: Any = None, *_a: Any, **_k: Any) -> Any:
     return task
 
 
-def _current_flow_run() -> Any:
-    """The flow run object of the submitting flow (the engine sets its ``state``)."""
+def _remember_flow(runs: anchor.Runs) -> None:
+    """What the end of the flow needs of the submitting flow run, read at its
+    first submit: the flow run (the engine sets its ``state``), its logger (the
+    runner's exit happens after Prefect left the flow run's context, and lines
+    logged there would reach the console only, not the run's logs in the API)
+    and its own deadline (``timeout_seconds`` from when the run started)."""
     try:
         from prefect.context import FlowRunContext
 
         context = FlowRunContext.get()
-        return context.flow_run if context is not None else None
-    except Exception:
+        if context is None:
+            return
+        runs.flow_run = context.flow_run
+        from prefect.logging.loggers import flow_run_logger
+
+        runs.log = flow_run_logger(context.flow_run, context.flow)
+        runs.bound = flow_deadline(context)
+    except Exception as exc:
+        guard.failed("reading the flow run at submit", exc)
+
+
+def flow_deadline(context: Any) -> Optional[float]:
+    """The flow run's own deadline on the monotonic clock (its ``timeout_seconds``
+    counted from when its run context was entered), or None."""
+    seconds = getattr(getattr(context, "flow", None), "timeout_seconds", None)
+    started = getattr(context, "start_time", None)
+    if not seconds or started is None:
         return None
+    import datetime
+
+    elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    return time.monotonic() + float(seconds) - max(0.0, elapsed)
+
+
+#: How to stop a drain that runs after Prefect marked the flow run final (its
+#: Cancel in the UI is refused then).
+EXIT_HINT = (
+    " (the flow run is already final in the API, so Cancel cannot stop this wait: interrupt the "
+    "process, or set PREFECT_FUTURE_ANCHOR_DRAIN_TIMEOUT)"
+)
 
 
 Cancelled = List[Tuple[Any, str, Any]]
+
+
+def _fallback_logger(runner: Any) -> Any:
+    """Where the drain's lines go when the first submit found no flow run."""
+    return getattr(runner, "logger", None) or drain.logger
 
 
 class Runtime:
@@ -72,6 +109,10 @@ class Runtime:
         """Stop ``raw``'s run.  False if it cannot be stopped (a process pool's
         running call): it runs on, its engine reports its own end, and the
         shim does not report it Cancelled."""
+        raise NotImplementedError
+
+    def cancel_batch(self, raws: List[Any]) -> None:
+        """Stop many runs in one call, or raise (then each is cancelled on its own)."""
         raise NotImplementedError
 
     def failure(self, raw: Any) -> Optional[BaseException]:
@@ -109,7 +150,8 @@ class Runtime:
         runs = anchor.runs_of(runner)
         if runs.context is None:
             runs.context = contextvars.copy_context()
-            runs.flow_run = _current_flow_run()
+            runs.runtime = self
+            _remember_flow(runs)
         key = future.task_run_id
         release = runs.hold(key, getattr(task, "name", "?"), future)
         raw = future.wrapped_future
@@ -146,51 +188,99 @@ class Runtime:
         except Exception as exc:
             guard.failed(f"{self.name}.final-states", exc)
 
-    # -- __exit__ ----------------------------------------------------------------
-    def exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        exc_type = args[0] if args else kwargs.get("exc_type")
-        cancelled: Cancelled = []
-        reason = ""
+    # -- the end of the flow --------------------------------------------------------
+    def finish(
+        self,
+        runner: Any,
+        abandon: str = "",
+        stop: Optional[Callable[[], str]] = None,
+        hint: str = "",
+    ) -> drain.Outcome:
+        """Drain the runner's unresolved runs, then get the final states of the runs
+        it cancelled (and of crashes still being reported) into the API.  Called
+        inside the running flow run (:mod:`prefect_future_anchor.flow_engine`),
+        then again at the runner's exit for whatever is left.  An interruption
+        while it waits (Ctrl-C, termination, Prefect's flow timeout) cancels the
+        rest at once, reports them, and is raised again."""
+        runs = anchor.held_by(runner)
+        log = getattr(runs, "log", None) or _fallback_logger(runner)
+        bound = getattr(runs, "bound", None)
+        outcome = drain.Outcome()
         try:
             try:
-                reason = self._unclean_exit(instance, exc_type) or ""
                 with self.draining():
-                    cancelled, reason = drain.drain(instance, self.on_exit, self.drain_timeout, self.cancel, reason)
+                    outcome = drain.drain(
+                        runner,
+                        self.on_exit,
+                        self.drain_timeout,
+                        self.cancel,
+                        abandon,
+                        log=log,
+                        bound=bound,
+                        stop=stop,
+                        hint=hint,
+                        cancel_batch=self.cancel_batch,
+                    )
             except Exception as exc:
                 guard.failed(f"{self.name}.drain", exc)
-            except BaseException as interrupt:  # Ctrl-C / termination while the drain waits
-                cancelled, reason = drain.drain(
-                    instance, "cancel", 0, self.cancel, f"the wait was interrupted ({type(interrupt).__name__})"
+            except BaseException as interrupt:  # Ctrl-C / termination / timeout while the drain waits
+                outcome = drain.drain(
+                    runner,
+                    "cancel",
+                    0,
+                    self.cancel,
+                    f"the wait was interrupted ({type(interrupt).__name__})",
+                    log=log,
+                    cancel_batch=self.cancel_batch,
                 )
                 raise
         finally:
-            # Also when interrupted, here too: the API learns the final states,
-            # then the stock exit closes the client / shuts the cluster down.
+            self._settle(runs, outcome.cancelled, outcome.reason)
+        return outcome
+
+    def exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        exc_type = args[0] if args else kwargs.get("exc_type")
+        try:
             try:
-                self._settle(cancelled, reason)
+                self.finish(instance, self._unclean_exit(instance, exc_type) or "", hint=EXIT_HINT)
+            except Exception as exc:  # pragma: no cover - finish guards itself
+                guard.failed(f"{self.name}.drain", exc)
+        finally:
+            # Also when interrupted: then everything is let go and the stock exit
+            # closes the client / shuts the cluster down.
+            try:
+                self._let_go(instance)
             finally:
-                try:
-                    self._let_go(instance)
-                finally:
-                    result = self.stock_exit(wrapped, instance, args, kwargs)
+                result = self.stock_exit(wrapped, instance, args, kwargs)
         return result
 
     def _unclean_exit(self, runner: Any, exc_type: Any) -> Optional[str]:
         """Why the runner exits other than cleanly, or None for a clean exit: the
-        flow raised through the runner, or its run ended in a non-Completed state."""
-        if exc_type is not None:
+        flow raised through the runner, or its run ended in a non-Completed state.
+        ``GeneratorExit`` is how a generator flow whose consumer stopped early
+        ends (Prefect completes the run first): the run's state decides."""
+        if exc_type is not None and not (isinstance(exc_type, type) and issubclass(exc_type, GeneratorExit)):
             return f"the flow run was interrupted ({getattr(exc_type, '__name__', exc_type)})"
         runs = anchor.held_by(runner)
         state = getattr(getattr(runs, "flow_run", None), "state", None)
         if state is None or state.is_completed() or state.is_running():
+            if exc_type is not None and (state is None or state.is_running()):
+                return "the flow run was interrupted (GeneratorExit)"
             return None
         return f"the flow run ended {state.name}"
 
-    def _settle(self, cancelled: Cancelled, reason: str) -> None:
+    def _settle(self, runs: Optional[anchor.Runs], cancelled: Cancelled, reason: str) -> None:
+        """Report the cancelled runs and finish the crash reports, in the flow run's
+        context (its API settings, and its logger for the line naming what the API
+        could not be told)."""
         if not self.final_states:
             return
         try:
-            outcomes.settle_at_exit(cancelled, reason)
+            context = getattr(runs, "context", None)
+            if context is not None:
+                context.copy().run(outcomes.settle_at_exit, cancelled, reason)
+            else:
+                outcomes.settle_at_exit(cancelled, reason)
         except Exception as exc:
             guard.failed(f"{self.name}.final-states", exc)
 
@@ -204,6 +294,7 @@ class Runtime:
             if runs is not None:
                 runs.context = None
                 runs.flow_run = None
+                runs.log = None
                 runs.release_all()
         except Exception as exc:  # pragma: no cover - defensive
             guard.failed(f"{self.name}.let-go", exc)

@@ -75,6 +75,8 @@ def expected_patches(versions) -> set:
         process_pool = False
     if versions.get("prefect") is not None and process_pool:
         expected.update({"process-pool.track", "process-pool.final-states"})
+    if versions.get("prefect") is not None and not versions["prefect"].startswith("2."):
+        expected.add("flow.drain-in-run")
     return expected
 
 

@@ -327,3 +327,54 @@ def run_rounds(runner, rounds):
         return runs.ever_held, len(runs)
 
     return _run(rounds_flow, runner, "rounds")
+
+
+def run_dropping_blockers(runner, directory, n=1, timeout_seconds=None, name="dropping-blockers"):
+    """Submit ``n`` blockers and keep none; return once they all run.  The flow run's
+    id is written to ``directory/flow_run_id`` first, for a test watching from
+    another thread.  Returns the flow run's final state."""
+    from pathlib import Path
+
+    def dropping_blockers():
+        from prefect.runtime import flow_run
+
+        Path(directory, "flow_run_id").write_text(str(flow_run.id))
+        for i in range(n):
+            blocker.submit(directory, f"b{i}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(Path(directory, f"b{i}.pid").exists() for i in range(n)):
+            time.sleep(0.05)
+        return n
+
+    return flow(dropping_blockers, name=name, task_runner=runner, timeout_seconds=timeout_seconds)(return_state=True)
+
+
+def run_generator_dropping(runner, directory):
+    """A generator flow that submits a run, keeps nothing and yields; the caller
+    stops consuming after the first value (Prefect then completes the run and
+    closes the generator: the runner exits with GeneratorExit)."""
+
+    def generator_dropping():
+        touch.submit(directory, 0)
+        yield 1
+        yield 2
+
+    for value in flow(generator_dropping, name="generator-dropping", task_runner=runner)():
+        return value
+
+
+def run_parent_of_dropping_child(child_runner, directory, n=3):
+    """A parent flow (default runner) whose subflow, on ``child_runner``, drops ``n``
+    runs; returns (parent flow run id, child flow run id)."""
+    from prefect.runtime import flow_run
+
+    def child():
+        for i in range(n):
+            touch.submit(directory, i)
+        return str(flow_run.id)
+
+    def parent():
+        child_id = flow(child, name="dropping-child", task_runner=child_runner)()
+        return str(flow_run.id), child_id
+
+    return flow(parent, name="parent-of-dropping-child")()

@@ -184,8 +184,14 @@ def test_unrecognised_structure_is_skipped_with_one_warning(monkeypatch, caplog)
     status = report.patch("dask.track")
     assert status.state == "skipped" and "unrecognised runner structure" in status.reason
     assert "unexpected signature" in status.reason
-    assert report.patch("dask.client-once").state == "applied"
-    assert len([r for r in caplog.records if "not applying dask.track" in r.getMessage()]) == 1
+    # the runner's other patches were written for the same structure: refused with it,
+    # and no message says otherwise (issue 35, section 5)
+    for name in ("dask.final-states", "dask.client-once"):
+        assert report.patch(name).state == "skipped" and "dask.track" in report.patch(name).reason, str(report)
+    assert "client" not in DaskTaskRunner.__dict__
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "not applying dask.track" in m]) == 1
+    assert not [m for m in messages if "expected structure" in m or "untested" in m]
     prefect_future_anchor.uninstall()
     assert "submit" in DaskTaskRunner.__dict__ and not hasattr(DaskTaskRunner.__dict__["submit"], "__wrapped__")
     with pytest.raises(prefect_future_anchor.UnsupportedReleaseError, match="unexpected signature"):
@@ -235,12 +241,116 @@ def test_newer_release_than_tested_says_untested_once(monkeypatch, caplog):
     assert len([r for r in caplog.records if "untested release" in r.getMessage()]) == 1
 
 
+def test_status_tells_an_untested_release_apart(monkeypatch, caplog):
+    """Issue 33, item 5: on releases newer than the tested ones (simulated: prefect
+    3.10.0, prefect-dask 0.3.8) each applied patch says so in status, text and JSON;
+    on the tested releases none does (the control)."""
+    import prefect.flow_engine  # noqa: F401
+    import prefect_dask  # noqa: F401
+
+    monkeypatch.setitem(sys.modules, "prefect_ray.task_runners", None)
+    tested = prefect_future_anchor.install()
+    assert {p.untested for p in tested.patches} == {None}
+    assert "untested" not in str(tested)
+    prefect_future_anchor.uninstall()
+
+    fake_versions(monkeypatch, prefect="3.10.0", prefect_dask="0.3.8")
+    monkeypatch.setattr(guard, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="prefect_future_anchor"):
+        report = prefect_future_anchor.install()
+    dask_track = report.patch("dask.track")
+    assert dask_track.state == "applied"
+    assert dask_track.untested == "prefect 3.10.0, prefect-dask 0.3.8"
+    assert report.patch("flow.drain-in-run").untested == "prefect 3.10.0"
+    assert "applied (untested release prefect 3.10.0, prefect-dask 0.3.8)" in str(report)
+    as_json = json.loads(report.to_json())
+    assert {p["name"]: p["untested"] for p in as_json["patches"]}["dask.track"] == "prefect 3.10.0, prefect-dask 0.3.8"
+    warnings = [r.getMessage() for r in caplog.records if "untested release" in r.getMessage()]
+    assert warnings and all(w.count("prefect 3.10.0") == 1 for w in warnings), warnings
+
+
+def test_disable_leaves_those_patches_stock_and_says_by_what(monkeypatch):
+    """Issue 33, item 4: a patch, or a whole runner by its prefix, switched off by
+    install(), by the environment, or both; a patch that needs a disabled one goes
+    with it; the rest are applied as usual (the control)."""
+    import prefect_dask  # noqa: F401
+    import prefect_ray  # noqa: F401
+    from prefect_dask import DaskTaskRunner
+    from prefect_ray import RayTaskRunner
+
+    before = originals()
+    expected = expected_patches(releases.detect())
+    monkeypatch.setenv(lifecycle.ENV_DISABLE, "ray")
+    report = prefect_future_anchor.install(disable=["dask.track"])
+    states = {p.name: (p.state, p.reason) for p in report.patches}
+    assert states["dask.track"] == ("disabled", "disabled by install(disable=...)")
+    assert states["dask.final-states"][0] == "disabled"
+    assert "needs dask.track" in states["dask.final-states"][1]
+    for name in [n for n in expected if n.startswith("ray.")]:
+        assert states[name] == ("disabled", f"disabled by {lifecycle.ENV_DISABLE}")
+    assert set(report.applied) == expected - {n for n in states if states[n][0] == "disabled"}
+    assert DaskTaskRunner.__dict__["submit"] is before[("DaskTaskRunner", "submit")]
+    assert RayTaskRunner.__dict__["submit"] is before[("RayTaskRunner", "submit")]
+    assert report.disabled["dask.track"] == "disabled by install(disable=...)"
+
+    # a later install() switches them back on
+    monkeypatch.delenv(lifecycle.ENV_DISABLE)
+    report = prefect_future_anchor.install()
+    assert set(report.applied) == expected
+    assert DaskTaskRunner.__dict__["submit"] is not before[("DaskTaskRunner", "submit")]
+    # and off again, removing them exactly
+    report = prefect_future_anchor.install(disable="dask")
+    assert DaskTaskRunner.__dict__["submit"] is before[("DaskTaskRunner", "submit")]
+    assert {p.name for p in report.patches if p.state == "disabled"} == {n for n in expected if n.startswith("dask.")}
+
+
+def test_an_unknown_patch_name_is_a_clear_error_in_code_and_reported_once_from_the_environment(monkeypatch, caplog):
+    with pytest.raises(ValueError, match=r"unknown patch name\(s\) 'dask.trak'.*valid names: .*dask.track.*ray"):
+        prefect_future_anchor.install(disable=["dask.trak"])
+    assert not prefect_future_anchor.is_installed()
+    monkeypatch.setenv(lifecycle.ENV_DISABLE, "dask.final-states, nonsense")
+    monkeypatch.setattr(guard, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="prefect_future_anchor"):
+        report = prefect_future_anchor.install()
+        prefect_future_anchor.install()
+    ignored = [r.getMessage() for r in caplog.records if "nonsense" in r.getMessage()]
+    assert len(ignored) == 1 and lifecycle.ENV_DISABLE in ignored[0] and "valid names" in ignored[0]
+    assert report.disabled == {"dask.final-states": f"disabled by {lifecycle.ENV_DISABLE}"}
+
+
+def test_uninstall_keeps_a_wrapper_another_library_put_on_top(monkeypatch, caplog):
+    """Issue 35, section 2: uninstall() puts back only what is still the shim's; a
+    wrapper put on ``submit`` after install() survives, once reported."""
+    import wrapt
+    from prefect_dask import DaskTaskRunner
+
+    before = originals()
+    prefect_future_anchor.install()
+    calls = []
+
+    def theirs(wrapped, instance, args, kwargs):
+        calls.append(1)
+        return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(DaskTaskRunner, "submit", theirs)
+    on_top = DaskTaskRunner.__dict__["submit"]
+    monkeypatch.setattr(guard, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="prefect_future_anchor"):
+        prefect_future_anchor.uninstall()
+    assert DaskTaskRunner.__dict__["submit"] is on_top
+    assert DaskTaskRunner.__dict__["__exit__"] is before[("DaskTaskRunner", "__exit__")]
+    kept = [r.getMessage() for r in caplog.records if "left DaskTaskRunner.submit in place" in r.getMessage()]
+    assert len(kept) == 1
+    DaskTaskRunner.submit = before[("DaskTaskRunner", "submit")]
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
         ({"on_exit": "later"}, "on_exit='later' is not one of"),
         ({"drain_timeout": -1}, "drain_timeout=-1 is not a positive number"),
         ({"drain_timeout": "soon"}, "drain_timeout='soon'"),
+        ({"disable": ["dask.trak"]}, "unknown patch name"),
     ],
 )
 def test_bad_options_are_clear_errors(options, message):
