@@ -2,9 +2,9 @@
 
 ``PATCHES`` lists the patch objects (:mod:`prefect_future_anchor.patches`), each
 defined beside its runner's runtime and carrying its own range, reason, shape
-check, wrapping and unwrapping.  The README's compatibility section is rendered
-from them (``./run readme`` calls :func:`update_readme`) and a test fails if the
-two disagree.  Supporting a newly published release is a change to ``TESTED``
+check, wrapping and unwrapping.  The compatibility table of docs/compatibility.md
+is rendered from them (``./run readme`` calls :func:`update_readme`) and a test
+fails if the two disagree.  Supporting a newly published release is a change to ``TESTED``
 (and a matrix row in ``noxfile.py``), nothing else.
 """
 
@@ -156,7 +156,7 @@ def unsupported(versions: Dict[str, Optional[str]]) -> list:
 
 
 def render_markdown() -> str:
-    """The README's compatibility table, from the data above."""
+    """The compatibility table of docs/compatibility.md, from the data above."""
     lines = [
         "| patch | package | applied for | why |",
         "|---|---|---|---|",
@@ -175,7 +175,8 @@ def render_markdown() -> str:
 
 
 def update_readme(path: str) -> bool:
-    """Rewrite the compatibility block of the README at ``path``; True if it changed."""
+    """Rewrite the compatibility block (``<!-- compat:start -->`` to ``<!-- compat:end -->``)
+    of the Markdown file at ``path`` (docs/compatibility.md); True if it changed."""
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     start, end = "<!-- compat:start -->\n", "<!-- compat:end -->"

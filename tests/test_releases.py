@@ -1,4 +1,4 @@
-"""The release table: parsing, decisions, and the README rendered from it."""
+"""The release table: parsing, decisions, and docs/compatibility.md's table rendered from it."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from packaging.version import Version
 
 from prefect_future_anchor import releases
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+COMPATIBILITY = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
 
 
-def readme_block(name: str) -> str:
-    text = README.read_text()
+def compat_block(name: str) -> str:
+    text = COMPATIBILITY.read_text()
     match = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text, re.S)
-    assert match, f"README has no {name} block"
+    assert match, f"docs/compatibility.md has no {name} block"
     return match.group(1).strip()
 
 
-def test_readme_compatibility_table_is_generated_from_the_table():
-    assert readme_block("compat") == releases.render_markdown().strip(), (
-        "README.md's compatibility table is stale: run ./run readme"
+def test_the_compatibility_table_is_generated_from_the_table():
+    assert compat_block("compat") == releases.render_markdown().strip(), (
+        "docs/compatibility.md's compatibility table is stale: run ./run readme"
     )
 
 
