@@ -37,7 +37,7 @@ worker frees its CPU, the raylet starts another, and the idle extras are killed
 after 1 s.  On 2026-12-04 (1,000 runs a flow, prefect 3.9.1) that was 58-88
 starts a flow, about 2.2 s of wall each, and flows of 201-282 s on every side;
 with the workers kept, 7-9 starts and 129-164 s
-(research/flow_threads/FINDINGS.md).  ``--ray-workers killed`` measures Ray's default.
+(benchmarks/lab/flow_threads/FINDINGS.md).  ``--ray-workers killed`` measures Ray's default.
 
 Each Ray flow also records its watcher thread's CPU and rounds (``watcher_cpu``,
 ``watcher_rounds``: 0 on the stock side).  Research only: ``PFA_FLOW_SCALE_POLL_SECONDS=S`` sets the patched flows'
@@ -272,7 +272,7 @@ def measure(kind: str, runs: int, pairs: int, mode: str, address: str) -> Dict[s
 
     First, unmeasured, one flow of ``runs // 2`` runs on the new cluster and server: the
     first large flow they serve runs long (2026-12-02, Ray, 2,000 runs: 271 s against
-    209-216 s for the next three, research/flow_threads/FINDINGS.md), and without this
+    209-216 s for the next three, benchmarks/lab/flow_threads/FINDINGS.md), and without this
     the side that goes first in the first pair would carry it."""
     samples: Dict[str, List[Dict[str, float]]] = {side: [] for side in SIDES}
     if mode == "alternate":
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ray-workers", choices=("kept", "killed"), default="kept",
                         help="Ray's idle worker processes: kept for the driver's life (default), or killed after "
                              "1 s idle as Ray does by default (a flow's length then follows how many workers "
-                             "Ray starts, 58-88 per 1,000 runs, on either side: research/flow_threads/FINDINGS.md)")
+                             "Ray starts, 58-88 per 1,000 runs, on either side: benchmarks/lab/flow_threads/FINDINGS.md)")
     parser.add_argument("--json", help="where the samples are written (default: benchmarks/flow_scale.json for the "
                                        "full size on both runners, else the temp dir); scale.py draws them")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ metadata is a number (its ``ErrorType``); a value's metadata is a type tag
 the driver's in-memory store; a large one is looked at only if it is in this
 node's object store (mapped zero-copy, nothing unpickled), never pulled from
 another node.  Only an error is deserialized, with Ray's own deserializer.
-Measured on Ray 2.39, 2.42, 2.47 and 2.59 (research/ray_failure/RESULTS.md):
+Measured on Ray 2.39, 2.42, 2.47 and 2.59 (benchmarks/lab/ray_failure/RESULTS.md):
 0 values unpickled and no RSS growth for a 150 MB result; worker crashed, task
 raised, cancelled, out of memory and node died are recognised.  An error
 object larger than 100 KiB that lives only on another node, and an object lost

@@ -27,7 +27,7 @@ round cost the watcher's thread about 0.4 ms whatever it listed (``ray.wait``
 alone has a fixed cost of about 35 µs of CPU and 90 µs of wall time), and a
 completion about 40 µs (the crash check and the release): in flows whose runs
 finish a few a second, rounds at a fixed ``POLL_SECONDS`` were most of the
-watcher's CPU (research/flow_threads/FINDINGS.md, "Rounds that follow the
+watcher's CPU (benchmarks/lab/flow_threads/FINDINGS.md, "Rounds that follow the
 completions").
 
 Release bound: a ref in a window is seen within ``IDLE_SECONDS``

@@ -2,20 +2,20 @@
 
 ``PATCHES`` lists the patch objects (:mod:`prefect_future_anchor.patches`), each
 defined beside its runner's runtime and carrying its own range, reason, shape
-check, wrapping and unwrapping.  The README's compatibility section is rendered
-from them (``./run readme`` calls :func:`update_readme`) and a test fails if the
-two disagree.  Supporting a newly published release is a change to ``TESTED``
+check, wrapping and unwrapping.  The compatibility table of docs/compatibility.md
+is rendered from them (``./run readme`` calls :func:`update_readme`) and a test
+fails if the two disagree.  Supporting a newly published release is a change to ``TESTED``
 (and a matrix row in ``noxfile.py``), nothing else.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-Version = Tuple[int, int, int]
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 #: Upstream issue this library corrects.
 UPSTREAM_ISSUE = "https://github.com/PrefectHQ/prefect/issues/17517"
@@ -46,36 +46,25 @@ FALSE_WARNING = {
     "prefect-ray": ">=0.4.0,<0.4.5",
 }
 
-_NUMERIC = re.compile(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?")
-_CLAUSE = re.compile(r"^\s*(>=|<=|==|<|>)\s*([0-9][0-9.]*)\s*$")
-
-
 def parse_version(text: str) -> Version:
-    """The numeric release of a version string: ``"3.4.7.dev2"`` -> ``(3, 4, 7)``."""
-    match = _NUMERIC.match(text or "")
-    if not match:
-        raise ValueError(f"not a release number: {text!r}")
-    return tuple(int(part or 0) for part in match.groups())  # type: ignore[return-value]
+    """A release string as a PEP 440 version: ``"3.10.0rc1"`` sorts before ``"3.10.0"``."""
+    try:
+        return Version(text or "")
+    except InvalidVersion:
+        raise ValueError(f"not a release number: {text!r}") from None
 
 
 def in_range(version: Version, spec: str) -> bool:
-    """Whether ``version`` satisfies a comma-separated spec like ``>=0.3.0,<0.3.6``."""
-    for clause in spec.split(","):
-        match = _CLAUSE.match(clause)
-        if not match:
-            raise ValueError(f"bad version clause {clause!r} in {spec!r}")
-        op, bound_text = match.groups()
-        bound = parse_version(bound_text)
-        ok = {
-            ">=": version >= bound,
-            "<=": version <= bound,
-            "==": version == bound,
-            "<": version < bound,
-            ">": version > bound,
-        }[op]
-        if not ok:
-            return False
-    return True
+    """Whether ``version`` satisfies a comma-separated spec like ``>=0.3.0,<0.3.6``.
+
+    Pre-releases count: ``3.10.0rc1`` is inside ``>=3.0.0`` (a user who installs a
+    release candidate is patched like on the release), and outside ``>=3.10.0``.
+    """
+    try:
+        specifiers = SpecifierSet(spec)
+    except InvalidSpecifier:
+        raise ValueError(f"bad version spec {spec!r}") from None
+    return specifiers.contains(version, prereleases=True)
 
 
 def installed_version(distribution: str) -> Optional[str]:
@@ -175,7 +164,7 @@ def unsupported(versions: Dict[str, Optional[str]]) -> list:
 
 
 def render_markdown() -> str:
-    """The README's compatibility table, from the data above."""
+    """The compatibility table of docs/compatibility.md, from the data above."""
     lines = [
         "| patch | package | applied for | why |",
         "|---|---|---|---|",
@@ -194,7 +183,8 @@ def render_markdown() -> str:
 
 
 def update_readme(path: str) -> bool:
-    """Rewrite the compatibility block of the README at ``path``; True if it changed."""
+    """Rewrite the compatibility block (``<!-- compat:start -->`` to ``<!-- compat:end -->``)
+    of the Markdown file at ``path`` (docs/compatibility.md); True if it changed."""
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     start, end = "<!-- compat:start -->\n", "<!-- compat:end -->"

@@ -141,7 +141,7 @@ def pytest_configure(config):
 UPSTREAM_BROKEN = {
     ("dask", "wait_for"): (
         "prefect-dask",
-        (0, 3, 2),
+        "0.3.2",
         "prefect-dask < 0.3.2 ships wait_for futures to the worker unconverted; there the "
         "dependent does not wait for a parent that is still running and ends NotReady "
         "('Upstream task run ... did not reach a COMPLETED state'; upstream, fixed in 0.3.2)",
@@ -164,7 +164,7 @@ def pytest_collection_modifyitems(config, items):
             version = parse_version(metadata.version(distribution))
         except (metadata.PackageNotFoundError, ValueError):
             continue
-        if version < fixed:
+        if version < parse_version(fixed):
             item.add_marker(pytest.mark.skip(reason=why))
 
 

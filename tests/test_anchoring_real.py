@@ -64,7 +64,7 @@ def skipped_variants(kind):
 
     skip = []
     for (runner, variant), (distribution, fixed, _why) in UPSTREAM_BROKEN.items():
-        if runner == kind and parse_version(metadata.version(distribution)) < fixed:
+        if runner == kind and parse_version(metadata.version(distribution)) < parse_version(fixed):
             skip.append(variant)
     return skip
 

@@ -19,7 +19,7 @@ RUNNER_MODULES = ("prefect_dask.task_runners", "prefect_ray.task_runners")
 _PREFECT = releases.installed_version("prefect")
 
 pytestmark = pytest.mark.skipif(
-    _PREFECT is None or releases.parse_version(_PREFECT) >= (3, 0, 0),
+    _PREFECT is None or releases.parse_version(_PREFECT) >= releases.parse_version("3.0.0"),
     reason="needs a Prefect 2.x environment (release matrix row 2.20)",
 )
 

@@ -1,6 +1,6 @@
 """Compare py-spy's collapsed stacks (``flow_threads.py`` with ``PFA_PYSPY_DIR``) by side.
 
-    python research/flow_threads/profile_diff.py DIR [--thread MainThread] [--top 30]
+    python benchmarks/lab/flow_threads/profile_diff.py DIR [--thread MainThread] [--top 30]
 
 Each ``DIR/<side>-<n>.txt`` holds one flow process's samples (20 Hz, ``-t``: the
 first frame names the thread).  Per side, the mean over its files of the seconds

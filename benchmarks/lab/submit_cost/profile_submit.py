@@ -1,6 +1,6 @@
 """Issue 21 harness: cProfile of the flow thread around N Dask submits.  python profile_submit.py N PATCHED(0/1)"""
 import sys, time, cProfile, pstats, os
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "benchmarks"))
 import services
 
 def body(n, patched):

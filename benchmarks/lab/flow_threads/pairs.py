@@ -1,7 +1,7 @@
 """Pair ratios of ``benchmarks/flow_scale.py`` JSON files, alone and pooled.
 
-    python research/flow_threads/pairs.py research/flow_threads/round12/flow_scale_Y.json \
-        research/flow_threads/round11/flow_scale_X.json
+    python benchmarks/lab/flow_threads/pairs.py benchmarks/lab/flow_threads/round12/flow_scale_Y.json \
+        benchmarks/lab/flow_threads/round11/flow_scale_X.json
 
 For each file's Ray row (or ``--runner``), and for all the files' pairs pooled:
 the per-pair ratios patched / stock (wall, driver CPU, and the flow thread's CPU
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 
 from submit import interval  # noqa: E402  (the benchmarks' bootstrap interval of a median)
 

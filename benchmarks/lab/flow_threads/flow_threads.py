@@ -1,6 +1,6 @@
 """Where a Ray seed flow's driver CPU goes, per Python thread, stock vs patched.
 
-    .nox/matrix-3-9-1/bin/python research/flow_threads/flow_threads.py 1000 patched stock
+    .nox/matrix-3-9-1/bin/python benchmarks/lab/flow_threads/flow_threads.py 1000 patched stock
 
 Starts a Prefect server and a local Ray head (benchmarks/services.py), then runs
 one flow of ``runs`` task runs (the seed's pattern, benchmarks/flow_scale.py, its
@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import services  # noqa: E402  (the environment before prefect is imported)

@@ -1,6 +1,6 @@
 """Per-thread CPU of the driver over stock / patched batches (from /proc via psutil)."""
 import sys, time, os, gc, statistics, threading, json
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "benchmarks"))
 import services
 
 def thread_cpu():

@@ -1,6 +1,6 @@
 """Issue 21 harness: wall and process CPU per Dask submit, and serialize_context alone.  python submit_cpu.py N PATCHED(0/1)"""
 import sys, time, os
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "benchmarks"))
 import services
 
 def body(n, patched):

@@ -1,7 +1,7 @@
 """Probe ray_failure() against a real local Ray.
 
-Run:  RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled PYTHONPATH=research/ray_failure \
-      <python> research/ray_failure/probe.py [basic|oom|cluster]
+Run:  RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled PYTHONPATH=benchmarks/lab/ray_failure \
+      <python> benchmarks/lab/ray_failure/probe.py [basic|oom|cluster]
 
 basic   : cases 1-5 on one local node (ray.init(num_cpus=2))
 oom     : case 6a, Ray's memory monitor kills the task (RAY_memory_usage_threshold set very low)

@@ -1,6 +1,6 @@
 """yappi (CPU clock, every thread) over stock and patched batches: where the patched side's extra CPU goes."""
 import sys, time, os, gc, threading
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "benchmarks"))
 import services
 
 def body(alternations, batch, shape, out):

@@ -1,6 +1,6 @@
 """Does a driver that keeps its parents' refs make Ray start more worker processes? (plain Ray, no Prefect)
 
-    .nox/matrix-3-9-1/bin/python research/flow_threads/plain_ray.py 1000 3 [drop,hold,release]
+    .nox/matrix-3-9-1/bin/python benchmarks/lab/flow_threads/plain_ray.py 1000 3 [drop,hold,release]
 
 The seed's shape as prefect-ray submits it: per pair a new remote function for
 the parent and one for the child (prefect-ray builds one per submit); the child
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

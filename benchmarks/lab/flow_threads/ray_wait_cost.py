@@ -1,6 +1,6 @@
 """What one ``ray.wait(fetch_local=False, timeout=0)`` costs the calling thread, by refs listed.
 
-    .nox/matrix-3-9-1/bin/python research/flow_threads/ray_wait_cost.py
+    .nox/matrix-3-9-1/bin/python benchmarks/lab/flow_threads/ray_wait_cost.py
 
 A local Ray (2 CPUs) and refs that never become ready while measured (calls of
 ``benchmarks/scale.py``'s gate actor, never opened), listed 1 to 2,000 at a time,
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
