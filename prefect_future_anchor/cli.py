@@ -10,7 +10,7 @@ import sys
 from typing import Any, Dict, List, Mapping, Optional
 
 from . import autostart
-from .lifecycle import ENV_DRAIN_TIMEOUT, ENV_ON_EXIT
+from .lifecycle import ENV_DISABLE, ENV_DRAIN_TIMEOUT, ENV_ON_EXIT
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
 
@@ -40,6 +40,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--drain-timeout",
         metavar="SECONDS",
         help=f"longest wait for them with --on-exit wait (sets {ENV_DRAIN_TIMEOUT}; default 3600)",
+    )
+    run.add_argument(
+        "--disable",
+        metavar="NAMES",
+        help=f"patches to leave stock, comma-separated names or runner prefixes, e.g. "
+        f"dask.final-states,process-pool (sets {ENV_DISABLE}; 'prefect-future-anchor status' lists the names)",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command, after --")
     args = parser.parse_args(argv)
@@ -71,13 +77,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                 check_drain_timeout(args.drain_timeout)
             except ValueError as exc:
                 run.error(str(exc))
-        env = activation_environment(os.environ, on_exit=args.on_exit, drain_timeout=args.drain_timeout)
+        if args.disable is not None:
+            from .lifecycle import parse_disable
+
+            try:
+                parse_disable(args.disable, "--disable")
+            except ValueError as exc:
+                run.error(str(exc))
+        env = activation_environment(
+            os.environ, on_exit=args.on_exit, drain_timeout=args.drain_timeout, disable=args.disable
+        )
         return _exec(command, env)
     return 2  # pragma: no cover
 
 
 def activation_environment(
-    base: Mapping[str, str], on_exit: Optional[str] = None, drain_timeout: Optional[str] = None
+    base: Mapping[str, str],
+    on_exit: Optional[str] = None,
+    drain_timeout: Optional[str] = None,
+    disable: Optional[str] = None,
 ) -> Dict[str, str]:
     """``base`` with the switch on and the bootstrap directory first on PYTHONPATH."""
     env = dict(base)
@@ -88,6 +106,8 @@ def activation_environment(
         env[ENV_ON_EXIT] = on_exit
     if drain_timeout is not None:
         env[ENV_DRAIN_TIMEOUT] = str(drain_timeout)
+    if disable is not None:
+        env[ENV_DISABLE] = disable
     return env
 
 

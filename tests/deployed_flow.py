@@ -77,5 +77,32 @@ def deployed_seed(marker_dir: str):
     return values
 
 
+@task
+def held(marker_dir: str):
+    """Runs until the test creates ``release`` (bounded), after writing ``held.started``."""
+    Path(marker_dir, "held.started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 180
+    while not Path(marker_dir, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return "released"
+
+
+@flow(
+    name="deployed-holder",
+    task_runner=DaskTaskRunner(
+        cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False, "dashboard_address": ":0"}
+    ),
+)
+def deployed_holder(marker_dir: str):
+    """Submits one long run, keeps nothing, and returns once it runs: what happens next
+    is the shim's wait at the end of the flow."""
+    Path(marker_dir, "flow.pid").write_text(str(os.getpid()))
+    held.submit(marker_dir)
+    deadline = time.monotonic() + 120
+    while not Path(marker_dir, "held.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    get_run_logger().info(_shim_report())
+
+
 if __name__ == "__main__":
     deployed_seed.serve(name=sys.argv[1])

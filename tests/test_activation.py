@@ -594,9 +594,31 @@ def test_run_passes_install_options_through_the_environment():
     assert proc.stdout.split() == ["True", "cancel", "7.0", "cancel"]
 
 
+def test_run_disable_switches_those_patches_off_in_the_command():
+    """Issue 33, item 4: ``run --disable`` reaches install() in the command (and its
+    children) through the environment; status says by what."""
+    code = (
+        "import prefect_future_anchor as p, prefect_dask; r = p.status(); "
+        "print(' '.join(f'{s.name}={s.state}' for s in r.patches if s.name.startswith('dask.'))); "
+        "print(r.patch('dask.track').reason)"
+    )
+    proc = subprocess.run(
+        [*cli(), "run", "--disable", "dask.track", "--", PYTHON, "-c", code],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    states, reason = proc.stdout.splitlines()[-2:]
+    assert "dask.track=disabled" in states and "dask.final-states=disabled" in states
+    assert reason == "disabled by PREFECT_FUTURE_ANCHOR_DISABLE"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--disable", "dask.trak", "--", "python", "-c", "pass"], "unknown patch name(s) 'dask.trak'"),
         (["--drain-timeout", "-3", "--", "python", "-c", "pass"], "not a positive number"),
         (["--on-exit", "later", "--", "python", "-c", "pass"], "invalid choice"),
         ([], "give the command to run"),

@@ -327,6 +327,9 @@ def test_shimmed_run_has_no_false_warning_completes_every_forgotten_run_and_was_
     # Every fire-and-forget run ran (its file) and the API shows it Completed.
     assert outcome.files == FORGOTTEN, outcome.describe()
     assert outcome.completed("forgotten") == FORGOTTEN, outcome.describe()
+    # The wait for them is in the run's own logs (issue 33, item 1); the stock run has no such line.
+    assert [m for m in outcome.messages if "prefect-future-anchor: waiting up to" in m], outcome.describe()
+    assert not [m for m in outcomes[path, "stock"].messages if "prefect-future-anchor: " in m]
     # The switch reached the run's process and its start-up hook patched the runner there.
     assert "installed=True" in outcome.activation, outcome.describe()
     assert "dask.track" in outcome.activation and "hook=pth" in outcome.activation, outcome.describe()
@@ -348,3 +351,76 @@ def test_stock_control_shows_the_defect(outcomes, path):
     # ran (no file) and the API shows no Completed run for them.
     assert outcome.files < FORGOTTEN, outcome.describe()
     assert outcome.completed("forgotten") < FORGOTTEN, outcome.describe()
+
+
+def test_a_cancel_from_the_api_stops_the_wait_of_a_worker_run(tmp_path):
+    """Issue 33, item 3, through a process work pool: while the shim waits at the end of
+    a deployed run for a run it did not keep, the flow run shows Running; a Cancel of
+    it (as the UI sends it) cancels that run and ends the flow run Cancelled, within
+    seconds, and every run is final.  Control: the same deployment with
+    ``flow.drain-in-run`` off waits at the runner's exit, where the API shows the run
+    Completed already and the Cancel changes nothing."""
+    if "dask" not in runners_available() or not os.environ.get("PREFECT_API_URL"):
+        pytest.skip("needs prefect-dask and a Prefect server")
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Cancelling
+    from prefect.workers.process import ProcessWorker
+
+    tag = uuid.uuid4().hex[:8]
+    pool = f"pfa-cancel-{tag}"
+    prefect_bin = str(Path(sys.executable).with_name("prefect"))
+    variants = {"in-run": {"PREFECT_FUTURE_ANCHOR": "1"}, "at-exit": {"PREFECT_FUTURE_ANCHOR": "1", "PREFECT_FUTURE_ANCHOR_DISABLE": "flow.drain-in-run"}}
+    worker = start([prefect_bin, "worker", "start", "--pool", pool, "--type", "process"], tmp_path / "worker.log", child_environment())
+    dirs = {name: tmp_path / name for name in variants}
+    ids = {}
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(
+                WorkPoolCreate(name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
+            )
+            source = flow.from_source(source=str(TESTS), entrypoint=f"{FLOW_FILE}:deployed_holder")
+            for name, env in variants.items():
+                deployment_id = source.deploy(
+                    name=f"holder-{name}-{tag}", work_pool_name=pool, job_variables={"env": env},
+                    build=False, push=False, print_next_steps=False, ignore_warnings=True,
+                )
+                dirs[name].mkdir()
+                ids[name] = client.create_flow_run_from_deployment(deployment_id, parameters={"marker_dir": str(dirs[name])}).id
+
+            def waiting(name):
+                return any("prefect-future-anchor: waiting up to" in m for m in read_logs(client, ids[name]))
+
+            for name in variants:
+                _wait_until(lambda name=name: waiting(name), RUN_TIMEOUT, f"the {name} run's waiting line", worker, tmp_path / "worker.log")
+            assert client.read_flow_run(ids["in-run"]).state.is_running()
+            assert client.read_flow_run(ids["at-exit"]).state.is_completed()
+            asked = time.monotonic()
+            for name in variants:
+                client.set_flow_run_state(ids[name], Cancelling())
+            _wait_until(lambda: read_task_runs(client, ids["in-run"])[0].state.is_cancelled(), 60, "the held run Cancelled")
+            took = time.monotonic() - asked
+            # The run process then ends as any cancelled run does (a Dask thread still
+            # running a task holds the in-process cluster's close until the worker kills it).
+            _wait_until(lambda: client.read_flow_run(ids["in-run"]).state.is_cancelled(), RUN_TIMEOUT, "the in-run flow run Cancelled")
+            assert len(read_task_runs(client, ids["in-run"])) == 1
+            messages = read_logs(client, ids["in-run"])
+            assert took < 15, (took, messages)
+            # cancelled by the shim's watch of the run's state, or on the worker's termination signal
+            assert [m for m in messages if "cancelled 1 task run(s)" in m and "held" in m], messages
+            # the control: Completed before and after the Cancel, still waiting for its run
+            assert client.read_flow_run(ids["at-exit"]).state.is_completed()
+            at_exit = read_task_runs(client, ids["at-exit"])
+            assert len(at_exit) == 1 and at_exit[0].state.is_running()
+            (dirs["at-exit"] / "release").write_text("")
+            _wait_until(lambda: read_task_runs(client, ids["at-exit"])[0].state.is_completed(), RUN_TIMEOUT, "the control's held run Completed")
+    finally:
+        for directory in dirs.values():
+            if directory.exists():
+                (directory / "release").write_text("")
+        stop_group(worker)
+        for directory in dirs.values():
+            pid_file = directory / "flow.pid"
+            if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)

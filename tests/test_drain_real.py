@@ -122,3 +122,76 @@ def test_submit_wait_rounds_leave_tracking_empty(kind, make_runner, shim):
     shim()
     assert flows.run_rounds(make_runner(kind), ROUNDS) == (ROUNDS, 0)
     assert prefect_future_anchor.live_anchors() == 0
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_cancel_that_raises_stops_no_other_cancel(kind, make_runner, shim, tmp_path, records, monkeypatch):
+    """Issue 35, section 2: the runner's batched cancel fails (a closed client, say) and
+    the first run's own cancel raises too: the other runs are still cancelled, every
+    run is named, and the failing one is named as possibly running on."""
+    from prefect_future_anchor import dask_runner, guard, ray_runner
+
+    runtime = {"dask": dask_runner.runtime, "ray": ray_runner.runtime}[kind]
+    stock_cancel = type(runtime).cancel
+    refused = []
+
+    def batch(raws):
+        raise RuntimeError("simulated: the client is closed")
+
+    def cancel(self, raw):
+        if not refused:
+            refused.append(raw)
+            raise RuntimeError("simulated: this cancel failed")
+        return stock_cancel(self, raw)
+
+    monkeypatch.setattr(type(runtime), "cancel_batch", lambda self, raws: batch(raws))
+    monkeypatch.setattr(type(runtime), "cancel", cancel)
+    monkeypatch.setattr(guard, "_reported", set())
+    shim(on_exit="cancel")
+    try:
+        state = flows.run_dropping_blockers(make_runner(kind), str(tmp_path), n=2)
+        assert state.is_completed()
+        warnings = records.messages(logging.WARNING, "cancelled 2 task run(s)")
+        assert len(warnings) == 1 and "b0" not in warnings[0]  # names are task names with ids
+        assert warnings[0].count("blocker") == 2
+        could_not = records.messages(logging.ERROR, "could not be cancelled")
+        assert len(could_not) == 1 and could_not[0].count("blocker") == 1
+        assert guard.failures() >= {"cancel at the end of the flow", "batched cancel at the end of the flow"}
+    finally:
+        (tmp_path / "release").write_text("")
+
+
+@pytest.mark.parametrize("kind", RUNNERS[:1])
+def test_a_drain_timeout_beyond_what_a_wait_takes_still_waits(kind, make_runner, shim, tmp_path, records, monkeypatch):
+    """Issue 35, section 2: PREFECT_FUTURE_ANCHOR_DRAIN_TIMEOUT=1e10 (over
+    threading.TIMEOUT_MAX) waits for the runs like any other value (it made the wait
+    raise OverflowError, and the runs were lost as stock loses them)."""
+    from prefect_future_anchor import guard
+
+    monkeypatch.setenv("PREFECT_FUTURE_ANCHOR_DRAIN_TIMEOUT", "1e10")
+    monkeypatch.setattr(guard, "_reported", set())
+    report = shim()
+    assert report.drain_timeout == 1e10
+    flows.run_fire_and_forget(make_runner(kind), str(tmp_path))
+    assert done_files(tmp_path) == 10
+    assert guard.failures() == frozenset()
+    assert len(records.messages(logging.INFO, "waiting up to 1e+10s")) == 1
+
+
+@pytest.mark.parametrize("disable", [[], ["flow.drain-in-run"]], ids=["in-run", "at-exit"])
+@pytest.mark.parametrize("kind", RUNNERS[:1])
+def test_a_generator_flow_stopped_early_drains_its_runs(kind, disable, make_runner, shim, tmp_path, records):
+    """Issue 35, section 2: a generator flow whose consumer stops after the first value
+    is Completed by Prefect, which then closes it: its runner exits with
+    GeneratorExit.  That is a clean end: the unkept run is waited for, not cancelled.
+    Stock control: the stock runner loses it."""
+    stock = tmp_path / "stock"
+    stock.mkdir()
+    assert flows.run_generator_dropping(make_runner(kind), str(stock)) == 1
+    stock_done = done_files(stock)
+    shim(disable=disable)
+    assert flows.run_generator_dropping(make_runner(kind), str(tmp_path)) == 1
+    assert prefect_future_anchor.wait_released(60)
+    assert records.messages(containing="cancelled 1 task run(s)") == []
+    assert done_files(tmp_path) == 1
+    assert stock_done == 0, "control: the stock runner should lose the unkept run"

@@ -226,4 +226,4 @@ def test_control_at_the_exit_the_run_is_completed_and_cancel_cannot_stop_it(kind
         running.result(timeout=5)  # still draining: the cancel did not reach it
     (release / "release").write_text("")
     assert running.result(timeout=120).is_completed()
-    assert records.messages(containing="cancelled") == []
+    assert records.messages(containing="cancelled 1 task run(s)") == []

@@ -31,6 +31,7 @@ WHEEL = {
     "prefect_future_anchor/dask_runner.py",
     "prefect_future_anchor/demo.py",
     "prefect_future_anchor/drain.py",
+    "prefect_future_anchor/flow_engine.py",
     "prefect_future_anchor/guard.py",
     "prefect_future_anchor/lifecycle.py",
     "prefect_future_anchor/outcomes.py",
