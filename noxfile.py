@@ -93,13 +93,21 @@ ROWS = [
 ]
 # fmt: on
 
+#: What an operator sees and controls at the end of a flow (issue 33), on every row: the drain's lines in the
+#: flow run's logs, its end at timeout_seconds, the run Running while it waits and Cancel stopping it.
+OPERATOR = [
+    "tests/test_operator_real.py::test_the_drains_lines_are_in_the_flow_runs_logs",
+    "tests/test_operator_real.py::test_the_drain_ends_at_the_flows_timeout",
+    "tests/test_operator_real.py::test_the_flow_run_is_running_while_the_drain_waits_and_cancel_stops_it",
+]
 QUICK = [
+    *OPERATOR,
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
     "tests/test_anchoring_real.py::test_completion_fetches_no_result_into_the_driver",
     "tests/test_concurrent_start_real.py",
 ]
-FULL = ["tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py", "tests/test_final_states_real.py"]
+FULL = [*OPERATOR, "tests/test_release_row.py", "tests/test_anchoring_real.py", "tests/test_drain_real.py", "tests/test_concurrent_start_real.py", "tests/test_final_states_real.py"]
 UNSUPPORTED = ["tests/test_unsupported_release.py"]
 NEWEST = [
     "tests/test_final_states_real.py",
@@ -111,6 +119,7 @@ NEWEST = [
 #: three workers): ``-- full`` on the newest row, and ``./run faults``; not in CI's budget.
 TOPOLOGY = ["tests/test_topology_real.py"]
 PYTHONS = [
+    "tests/test_operator_real.py::test_the_flow_run_is_running_while_the_drain_waits_and_cancel_stops_it",
     "tests/test_release_row.py",
     "tests/test_anchoring_real.py::test_seed_flow_stock_warns_shim_does_not",
     "tests/test_drain_real.py::test_fire_and_forget_completes_under_wait_and_stock_loses_some",
