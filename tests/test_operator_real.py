@@ -11,6 +11,7 @@ Completed.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextvars
 import logging
@@ -95,10 +96,15 @@ def api_logs(flow_run_id, containing: str, limit: float = 60) -> list:
     """The flow run's log messages in the API, once one contains ``containing``."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    async def logs():
+        from prefect.client.orchestration import get_client
+
+        # the async client: the sync one has no read_logs before prefect 3.1
+        async with get_client() as c:
+            return await c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(str(flow_run_id))])))
+
     def read():
-        with client() as c:
-            logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(str(flow_run_id))])))
-        messages = [log.message for log in logs]
+        messages = [log.message for log in asyncio.run(logs())]
         return messages if any(containing in m for m in messages) else None
 
     return poll(read, limit, f"a log line containing {containing!r} in flow run {flow_run_id}")
