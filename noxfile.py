@@ -97,6 +97,7 @@ ROWS = [
 #: flow run's logs, its end at timeout_seconds, the run Running while it waits and Cancel stopping it.
 OPERATOR = [
     "tests/test_operator_real.py::test_the_drains_lines_are_in_the_flow_runs_logs",
+    "tests/test_operator_real.py::test_a_subflows_drain_is_in_the_subflows_logs",
     "tests/test_operator_real.py::test_the_drain_ends_at_the_flows_timeout",
     "tests/test_operator_real.py::test_the_flow_run_is_running_while_the_drain_waits_and_cancel_stops_it",
 ]

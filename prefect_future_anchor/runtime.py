@@ -54,9 +54,15 @@ def _remember_flow(runs: anchor.Runs) -> None:
         guard.failed("reading the flow run at submit", exc)
 
 
+#: How long before the flow's own timeout the drain gives up: its cancellations and
+#: their reports are made before Prefect's timer interrupts the flow.
+BOUND_MARGIN = 1.0
+
+
 def flow_deadline(context: Any) -> Optional[float]:
-    """The flow run's own deadline on the monotonic clock (its ``timeout_seconds``
-    counted from when its run context was entered), or None."""
+    """The drain's deadline from the flow run's own (its ``timeout_seconds`` counted
+    from when its run context was entered, less :data:`BOUND_MARGIN`), on the
+    monotonic clock, or None."""
     seconds = getattr(getattr(context, "flow", None), "timeout_seconds", None)
     started = getattr(context, "start_time", None)
     if not seconds or started is None:
@@ -64,7 +70,7 @@ def flow_deadline(context: Any) -> Optional[float]:
     import datetime
 
     elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
-    return time.monotonic() + float(seconds) - max(0.0, elapsed)
+    return time.monotonic() + float(seconds) - max(0.0, elapsed) - BOUND_MARGIN
 
 
 #: How to stop a drain that runs after Prefect marked the flow run final (its
@@ -235,8 +241,22 @@ class Runtime:
                 )
                 raise
         finally:
-            self._settle(runs, outcome.cancelled, outcome.reason)
+            self._settle_through_interrupts(runs, outcome)
         return outcome
+
+    def _settle_through_interrupts(self, runs: Optional[anchor.Runs], outcome: drain.Outcome) -> None:
+        """Report the cancelled runs even if an interruption lands meanwhile (Prefect's
+        flow timeout fires once, into whatever the flow thread runs): the reports are
+        queued and waited for again (queueing is idempotent), then it is raised."""
+        interrupted: Optional[BaseException] = None
+        for _attempt in range(3):
+            try:
+                self._settle(runs, outcome.cancelled, outcome.reason)
+                break
+            except BaseException as exc:  # an interruption: Exceptions are guarded inside
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
 
     def exit_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         exc_type = args[0] if args else kwargs.get("exc_type")

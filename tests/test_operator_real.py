@@ -150,7 +150,12 @@ def flow_run_task_state(task_run_id):
 
 @pytest.mark.parametrize("kind", RUNNERS)
 def test_a_subflows_drain_is_in_the_subflows_logs(kind, make_runner, shim, tmp_path, api_logging):
-    """Item 1: a subflow with its own runner: its lines go to its own run, not the parent's."""
+    """Item 1: a subflow with its own runner: its lines go to its own run, not the parent's.
+    Stock control: the stock subflow logs nothing of the kind."""
+    stock = tmp_path / "stock"
+    stock.mkdir()
+    _parent, stock_child = flows.run_parent_of_dropping_child(make_runner(kind), str(stock))
+    assert not [m for m in api_logs(stock_child, "", limit=30) if "prefect-future-anchor" in m]
     shim()
     parent_id, child_id = flows.run_parent_of_dropping_child(make_runner(kind), str(tmp_path))
     assert len(list(tmp_path.glob("*.done"))) == 3
