@@ -248,3 +248,62 @@ class FinalStates(Patch):
 
     def switch(self, on: bool) -> None:
         self.runtime.final_states = on
+
+
+class ContextOnce(Patch):
+    """The settings part of each submit's serialized context, made once per
+    settings state (:mod:`prefect_future_anchor.context_cache`).
+
+    ``holder`` is the module whose global ``serialize_context`` the runner's
+    submit calls (``reader``: ``"Class.method"`` in that module); the global is
+    replaced and put back.  Nothing the run receives changes.
+    """
+
+    def __init__(self, *args: Any, holder: str, reader: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holder = holder
+        self.reader = reader
+        self.on = False
+
+    def _holder(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.holder)
+
+    def problem(self, module: Any) -> Optional[str]:
+        problem = super().problem(module)
+        if problem is not None:
+            return problem
+        try:
+            holder = self._holder()
+        except ImportError as exc:
+            return f"{self.holder} cannot be imported ({exc})"
+        stock = getattr(holder, "serialize_context", None)
+        if not callable(stock):
+            return f"{self.holder} has no serialize_context"
+        owner_name, _, method = self.reader.partition(".")
+        function = inspect.getattr_static(getattr(holder, owner_name, None), method, None)
+        function = getattr(function, "__wrapped__", function)
+        if not code_reads(function, "serialize_context"):
+            return f"{self.holder}.{self.reader} no longer calls serialize_context"
+        try:
+            from prefect.context import SettingsContext, serialize_context
+        except ImportError as exc:
+            return f"prefect.context has moved ({exc})"
+        if getattr(stock, "__wrapped__", stock) is not serialize_context:
+            return f"{self.holder}.serialize_context is not prefect.context.serialize_context"
+        if not code_reads(serialize_context, "SettingsContext") or not code_reads(serialize_context, "serialize"):
+            return "prefect.context.serialize_context no longer serializes SettingsContext.get()"
+        if set(getattr(SettingsContext, "model_fields", {})) != {"profile", "settings"}:
+            return "SettingsContext no longer holds exactly profile and settings"
+        return None
+
+    def wrap(self, module: Any) -> None:
+        from . import context_cache
+
+        holder = self._holder()
+        stock = holder.serialize_context
+        self.replace(holder, "serialize_context", context_cache.reusing(stock, self.name, lambda: self.on))
+
+    def switch(self, on: bool) -> None:
+        self.on = on

@@ -22,7 +22,7 @@ import threading
 from typing import Any, Callable, Iterator, List, Optional
 
 from . import guard, ray_errors
-from .patches import FinalStates, Patch, Track
+from .patches import ContextOnce, FinalStates, Patch, Track
 from .ray_watch import Watcher
 from .runtime import Runtime
 
@@ -291,5 +291,17 @@ READY_DEL = ReadyDel(
     "0.4.4 lost a 'return' so it warns even for a finished run. A future whose "
     "ObjectRef is ready (ray.wait(fetch_local=False), nothing fetched) is "
     "dropped silently.",
+    **_WHERE,
+)
+
+CONTEXT_ONCE = ContextOnce(
+    runtime,
+    "ray.context-once",
+    applies=">=0.4.0",
+    why="The same on Ray: RayTaskRunner.submit serializes the whole Settings "
+    "tree for every run; it is serialized once per settings state and each "
+    "submit gets its own copy.",
+    holder="prefect_ray.task_runners",
+    reader="RayTaskRunner.submit",
     **_WHERE,
 )

@@ -207,6 +207,8 @@ PATCHES = (
     ray_runner.FINAL_STATES,
     ray_runner.READY_DEL,
     dask_runner.CLIENT_ONCE,
+    dask_runner.CONTEXT_ONCE,
+    ray_runner.CONTEXT_ONCE,
     process_pool.TRACK,
     process_pool.FINAL_STATES,
     flow_engine.patch,

@@ -63,6 +63,7 @@ def expected_patches(versions) -> set:
             continue
         expected.add(f"{name}.track")
         expected.add(f"{name}.final-states")
+        expected.add(f"{name}.context-once")  # every release serializes the settings per submit
         if name == "ray" and stock_warns("ray"):
             expected.add("ray.ready-del")
         if name == "dask" and client_races():
