@@ -34,7 +34,10 @@ Dask, its completion work on the client's event loop per run
 (``loop_work_timer``), which do not depend on the machine's noise much.  Each median ratio comes with its 95%
 bootstrap interval (the alternations resampled): a batch-to-batch spread of
 0.7-1.6 makes the median of 24 alternations uncertain by several percent, so a
-goal of 1.02 is met only when the whole interval is under it.  ``--pin`` keeps
+goal of 1.02 is met only when the whole interval is under it.  Where
+``<runner>.context-once`` applies the patched sides serialize a submit's settings
+once per settings state, and the submitting thread's CPU has a goal of a third
+of stock's (issue 36).  ``--pin`` keeps
 the flow process on one CPU and the Prefect server and the workers on the
 others, as when the cluster runs on other machines: the submitting thread then
 shares its CPU only with its own process (the client's event loop, where the
@@ -416,7 +419,9 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
          previous: bool = True, pinned: bool = False, raw: Optional[Dict[str, Any]] = None):
     """Table rows: (name, stock, patched, ratio, goal, met).  ``rounds``: alternations;
     ``raw``, if given, receives every per-batch sample by runner and shape.  A
-    ratio's goal is met when its 95% interval (:func:`interval`) is under 1.02."""
+    ratio's goal is met when its 95% interval (:func:`interval`) is under it: 1.02,
+    and for the submitting thread's CPU a third where ``<runner>.context-once``
+    applies (the patched side serializes the settings once per settings state)."""
     from importlib.metadata import version
 
     raw = {} if raw is None else raw
@@ -426,8 +431,27 @@ def rows(rounds: int, batch: int, runners: Optional[Sequence[str]] = None, shape
         if rounds % len(sides):
             raise ValueError(f"{kind}: {rounds} alternations do not let each of its {len(sides)} sides go first "
                              f"equally often; use a multiple of {len(sides)}")
-        raw[kind] = {"release": release, "batch": batch, "samples": measure(kind, rounds, batch, shapes, sides, pinned)}
+        raw[kind] = {"release": release, "batch": batch, "samples": measure(kind, rounds, batch, shapes, sides, pinned),
+                     "context_once": _context_once_applied(kind)}
     return table(raw)
+
+
+def _context_once_applied(kind: str) -> bool:
+    """Whether ``<kind>.context-once`` applies here (the patched sides then
+    serialize the settings once per settings state: their goal for the
+    submitting thread's CPU is a third of stock's, issue 36)."""
+    import prefect_future_anchor
+
+    try:
+        report = prefect_future_anchor.install()
+        return report.patch(f"{kind}.context-once").state == "applied"
+    finally:
+        prefect_future_anchor.uninstall()
+
+
+#: The goal of the submitting thread's CPU per submit where ``<runner>.context-once`` applies (issue 36).
+THIRD = 1 / 3
+THREAD_MEASURES = ("thread cpu", "typical thread cpu")
 
 
 def table(raw: Dict[str, Any]):
@@ -454,12 +478,13 @@ def table(raw: Dict[str, Any]):
                     ratio = statistics.median(ratios)
                     low, high = interval(ratios)
                     total = sum(patched) / sum(stock)
+                    goal = THIRD if run.get("context_once") and measure_name in THREAD_MEASURES else 1.02
                     out.append(
                         (f"{label}: {WHAT[measure_name]} (median of {len(ratios)} alternations of {batch}-submit "
                          f"batches, its 95% interval {low:.3f}-{high:.3f}; per-batch ratios "
                          f"{min(ratios):.3f}-{max(ratios):.3f}, ratio of the totals {total:.3f})",
                          f"{statistics.median(stock) * 1e6:.0f} µs", f"{statistics.median(patched) * 1e6:.0f} µs",
-                         f"{ratio:.3f}", "≤ 1.02", high <= 1.02)
+                         f"{ratio:.3f}", f"≤ {goal:.3g}", high <= goal)
                     )
                 work_samples = samples[f"{side} shim work"]
                 work = statistics.median(work_samples) * 1e6
