@@ -1,6 +1,6 @@
 """What a long-lived Dask scheduler keeps from each Prefect flow run (issue 36).
 
-    .nox/matrix-3-9-1/bin/python research/shared_scheduler/retention.py --flows 4 --runs 200
+    .nox/matrix-3-9-1/bin/python benchmarks/lab/shared_scheduler/retention.py --flows 4 --runs 200
 
 Starts a ``dask scheduler`` and one ``dask worker`` (4 threads) as
 subprocesses (stopped by handle), runs ``--flows`` flows of ``--runs``
@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/: services
 
 import services  # noqa: E402  (the Prefect server's address before prefect is imported)
 
