@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import wrapt
 
-from . import drain, guard, releases
+from . import drain, guard, registry, releases
 from .patches import Track
 from .runtime import Runtime
 
@@ -26,14 +26,14 @@ from .runtime import Runtime
 def _modules() -> Dict[str, List[Any]]:
     """The patched modules, each with its patches in table order."""
     found: Dict[str, List[Any]] = {}
-    for patch in releases.PATCHES:
+    for patch in registry.PATCHES:
         found.setdefault(patch.module_name, []).append(patch)
     return found
 
 
 def _runtimes() -> List[Runtime]:
     seen: List[Runtime] = []
-    for patch in releases.PATCHES:
+    for patch in registry.PATCHES:
         if patch.runtime is not None and all(patch.runtime is not r for r in seen):
             seen.append(patch.runtime)
     return seen
@@ -120,13 +120,13 @@ _disabled: Dict[str, str] = {}
 
 
 def _known_names() -> str:
-    runners = sorted({p.runner for p in releases.PATCHES})
-    return ", ".join(list(releases.PATCH_NAMES) + runners)
+    runners = sorted({p.runner for p in registry.PATCHES})
+    return ", ".join(list(registry.PATCH_NAMES) + runners)
 
 
 def _match(token: str) -> List[Any]:
     """The patches a disable entry names: a patch ("dask.final-states") or a whole runner ("ray")."""
-    return [p for p in releases.PATCHES if p.name == token or p.runner == token]
+    return [p for p in registry.PATCHES if p.name == token or p.runner == token]
 
 
 def parse_disable(value: Any, source: str) -> Dict[str, str]:
@@ -160,7 +160,7 @@ def _with_dependents(chosen: Dict[str, str]) -> Dict[str, str]:
     changed = True
     while changed:
         changed = False
-        for patch in releases.PATCHES:
+        for patch in registry.PATCHES:
             if patch.name in out:
                 continue
             needed = next((name for name in patch.requires if name in out), None)
@@ -236,9 +236,9 @@ def install(
         for runtime in _runtimes():
             runtime.on_exit = _on_exit
             runtime.drain_timeout = _drain_timeout
-        newly = [p for p in reversed(releases.PATCHES) if p.name in chosen_disabled and p.name not in _disabled]
+        newly = [p for p in reversed(registry.PATCHES) if p.name in chosen_disabled and p.name not in _disabled]
         _disabled = chosen_disabled
-        for patch in releases.PATCHES:
+        for patch in registry.PATCHES:
             if _skipped.get(patch.name, "").startswith("disabled") and patch.name not in _disabled:
                 del _skipped[patch.name]
         if _installed:
@@ -417,7 +417,7 @@ def _remove(patch: Any) -> None:
 
 def _uninstall_locked() -> None:
     global _installed
-    for patch in reversed(releases.PATCHES):
+    for patch in reversed(registry.PATCHES):
         _remove(patch)
     _skipped.clear()
     _installed = False
@@ -443,7 +443,7 @@ def status() -> Report:
         report = Report(
             _installed, versions, _on_exit, _drain_timeout, problems=releases.unsupported(versions), disabled=dict(disabled)
         )
-        for patch in releases.PATCHES:
+        for patch in registry.PATCHES:
             decision = releases.decide(patch, versions)
             live = patch.live_problem() if _installed and patch.applied else None
             untested = ", ".join(_untested(patch)) if _installed and patch.applied else ""

@@ -1,6 +1,6 @@
 """One object per patch: its release range, why, its shape check, what it wraps, how to put it back.
 
-A :class:`Patch` is one row of the table in :mod:`prefect_future_anchor.releases`
+A :class:`Patch` is one row of the table in :mod:`prefect_future_anchor.registry`
 (the README's compatibility table renders from the same objects).  Its whole
 story is in one place: ``applies`` and ``why`` (data), :meth:`problem` (does the
 installed module look like what this patch was written for), :meth:`apply`
@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Tuple
 
 import wrapt
 
+from . import releases
 from .runtime import Runtime
 
 _SUBMIT_PARAMETERS = ["self", "task", "parameters", "wait_for", "dependencies"]
@@ -190,8 +191,6 @@ class Track(Patch):
         return None
 
     def wrap(self, module: Any) -> None:
-        from . import releases
-
         runner = getattr(module, self.runner_name)
         self.runtime.false_warning = releases.has_false_warning(self.distribution)
         self.wrap_method(runner, "submit", self.runtime.submit_wrapper)

@@ -1,11 +1,11 @@
-"""What is patched, for which releases, and why: the one table the guards read.
+"""Which releases the shim knows, and how it reads versions: data the patches read.
 
-``PATCHES`` lists the patch objects (:mod:`prefect_future_anchor.patches`), each
-defined beside its runner's runtime and carrying its own range, reason, shape
-check, wrapping and unwrapping.  The compatibility table of docs/compatibility.md
-is rendered from them (``./run readme`` calls :func:`update_readme`) and a test
-fails if the two disagree.  Supporting a newly published release is a change to ``TESTED``
-(and a matrix row in ``noxfile.py``), nothing else.
+The releases supported and tested, the releases with the false warning, and
+:func:`decide`, which says whether one patch applies to the installed releases.
+It imports nothing of the shim's: the patches (defined with their runners) read
+it, and :mod:`prefect_future_anchor.registry` lists them.  Supporting a newly
+published release is a change to ``TESTED`` (and a matrix row in
+``noxfile.py``), nothing else.
 """
 
 from __future__ import annotations
@@ -161,56 +161,3 @@ def unsupported(versions: Dict[str, Optional[str]]) -> list:
         if not ok:
             problems.append(f"{name} {found} (supported: {name}{spec})")
     return problems
-
-
-def render_markdown() -> str:
-    """The compatibility table of docs/compatibility.md, from the data above."""
-    lines = [
-        "| patch | package | applied for | why |",
-        "|---|---|---|---|",
-    ]
-    for p in PATCHES:
-        lines.append(f"| `{p.name}` | {p.distribution} | `{p.applies}` | {p.why} |")
-    lines.append("")
-    lines.append(
-        "Supported: "
-        + ", ".join(f"{name} `{spec}`" for name, spec in SUPPORTED.items())
-        + ". Newest releases tested: "
-        + ", ".join(f"{name} {version}" for name, version in TESTED.items())
-        + "."
-    )
-    return "\n".join(lines)
-
-
-def update_readme(path: str) -> bool:
-    """Rewrite the compatibility block (``<!-- compat:start -->`` to ``<!-- compat:end -->``)
-    of the Markdown file at ``path`` (docs/compatibility.md); True if it changed."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    start, end = "<!-- compat:start -->\n", "<!-- compat:end -->"
-    head, _, rest = text.partition(start)
-    _, _, tail = rest.partition(end)
-    updated = head + start + render_markdown() + "\n" + end + tail
-    if updated != text:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(updated)
-    return updated != text
-
-
-# The patch objects, defined with their runners (imported last: they use the functions above).
-from . import dask_runner, flow_engine, process_pool, ray_runner  # noqa: E402
-
-PATCHES = (
-    dask_runner.TRACK,
-    ray_runner.TRACK,
-    dask_runner.FINAL_STATES,
-    ray_runner.FINAL_STATES,
-    ray_runner.READY_DEL,
-    dask_runner.CLIENT_ONCE,
-    dask_runner.CONTEXT_ONCE,
-    ray_runner.CONTEXT_ONCE,
-    process_pool.TRACK,
-    process_pool.FINAL_STATES,
-    flow_engine.patch,
-)
-PATCH_NAMES = tuple(p.name for p in PATCHES)

@@ -133,9 +133,9 @@ def situations():
 
 
 def _switch(patch_name: str, on: bool) -> None:
-    from prefect_future_anchor import releases
+    from prefect_future_anchor import registry
 
-    next(p for p in releases.PATCHES if p.name == patch_name).switch(on)
+    next(p for p in registry.PATCHES if p.name == patch_name).switch(on)
 
 
 @flow(persist_result=False)

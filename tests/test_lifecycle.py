@@ -15,7 +15,7 @@ import pytest
 
 import prefect_future_anchor
 from conftest import expected_patches
-from prefect_future_anchor import guard, lifecycle, releases
+from prefect_future_anchor import guard, lifecycle, registry, releases
 
 HEAVY = ("prefect", "prefect_dask", "prefect_ray", "dask", "distributed", "ray")
 
@@ -87,7 +87,7 @@ def test_report_matches_release_table():
     assert report.installed
     assert report.versions == versions
     expected = expected_patches(versions)
-    for patch in releases.PATCHES:
+    for patch in registry.PATCHES:
         status = report.patch(patch.name)
         assert status.state == ("applied" if patch.name in expected else "skipped"), status
     assert json.loads(report.to_json())["patches"][0]["state"] == report.patches[0].state
@@ -404,4 +404,4 @@ def test_cli_status_json():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["versions"] == releases.detect()
-    assert [p["name"] for p in data["patches"]] == list(releases.PATCH_NAMES)
+    assert [p["name"] for p in data["patches"]] == list(registry.PATCH_NAMES)

@@ -43,6 +43,7 @@ WHEEL = {
     "prefect_future_anchor/ray_errors.py",
     "prefect_future_anchor/ray_runner.py",
     "prefect_future_anchor/ray_watch.py",
+    "prefect_future_anchor/registry.py",
     "prefect_future_anchor/releases.py",
     "prefect_future_anchor/runtime.py",
     "prefect_future_anchor/server.py",

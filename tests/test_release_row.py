@@ -19,7 +19,7 @@ import pytest
 
 import prefect_future_anchor
 from conftest import expected_patches, finished_warns, runners_available
-from prefect_future_anchor import releases
+from prefect_future_anchor import registry, releases
 
 RUNNERS = runners_available()
 RUNNER_MODULES = {"prefect-dask": "prefect_dask.task_runners", "prefect-ray": "prefect_ray.task_runners"}
@@ -35,7 +35,7 @@ def test_install_report_matches_the_row(shim, capsys):
         print(f"\n{report}")
     assert report.problems == [], str(report)
     assert set(report.applied) == expected_patches(versions), str(report)
-    for patch in releases.PATCHES:
+    for patch in registry.PATCHES:
         if patch.applied:
             assert patch.problem(importlib.import_module(patch.module_name)) is None, patch.name
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from prefect_future_anchor import releases
+from prefect_future_anchor import registry, releases
 
 COMPATIBILITY = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
 
@@ -21,7 +21,7 @@ def compat_block(name: str) -> str:
 
 
 def test_the_compatibility_table_is_generated_from_the_table():
-    assert compat_block("compat") == releases.render_markdown().strip(), (
+    assert compat_block("compat") == registry.render_markdown().strip(), (
         "docs/compatibility.md's compatibility table is stale: run ./run readme"
     )
 
@@ -112,7 +112,7 @@ def test_false_warning_releases(distribution, version, warns):
 @pytest.mark.parametrize("prefect, dask, ray, wanted", ROWS)
 def test_decisions_follow_the_facts(prefect, dask, ray, wanted):
     versions = {"prefect": prefect, "prefect-dask": dask, "prefect-ray": ray}
-    decided = {p.name for p in releases.PATCHES if releases.decide(p, versions).wanted}
+    decided = {p.name for p in registry.PATCHES if releases.decide(p, versions).wanted}
     assert decided == wanted
 
 
@@ -126,7 +126,7 @@ def test_prefect_2_is_reported_unsupported():
 
 def test_newer_than_tested_is_flagged_untested():
     versions = {"prefect": "3.10.0", "prefect-dask": "0.3.7", "prefect-ray": None}
-    drain = next(p for p in releases.PATCHES if p.name == "dask.track")
+    drain = next(p for p in registry.PATCHES if p.name == "dask.track")
     decision = releases.decide(drain, versions)
     assert decision.wanted and decision.untested
 
@@ -134,18 +134,18 @@ def test_newer_than_tested_is_flagged_untested():
 @pytest.mark.parametrize("prefect", ["3.10.0rc1", "3.10.0", "4.0.0a1"])
 def test_a_release_candidate_newer_than_tested_is_patched_and_flagged_untested(prefect):
     versions = {"prefect": prefect, "prefect-dask": "0.3.7", "prefect-ray": None}
-    track = next(p for p in releases.PATCHES if p.name == "dask.track")
+    track = next(p for p in registry.PATCHES if p.name == "dask.track")
     decision = releases.decide(track, versions)
     assert decision.wanted and decision.untested
 
 
 def test_a_release_candidate_of_the_first_supported_release_is_not_supported():
     versions = {"prefect": "3.0.0rc1", "prefect-dask": "0.3.0", "prefect-ray": None}
-    track = next(p for p in releases.PATCHES if p.name == "dask.track")
+    track = next(p for p in registry.PATCHES if p.name == "dask.track")
     decision = releases.decide(track, versions)
     assert not decision.wanted and "unsupported release prefect 3.0.0rc1" in decision.reason
 
 
 def test_the_tested_releases_are_not_flagged_untested():
     versions = {"prefect": "3.9.1", "prefect-dask": "0.3.7", "prefect-ray": "0.6.0"}
-    assert not any(releases.decide(p, versions).untested for p in releases.PATCHES)
+    assert not any(releases.decide(p, versions).untested for p in registry.PATCHES)
