@@ -188,20 +188,11 @@ def _engines(module: Any) -> list:
     return [e for e in (getattr(module, "FlowRunEngine", None), getattr(module, "AsyncFlowRunEngine", None)) if e]
 
 
-def engine_module(_prefect: Any) -> Any:
-    """``prefect.flow_engine``, imported once ``import prefect`` has completed (the
-    patch hooks the end of that import, as the process-pool patches do, so it is
-    applied before the first flow runs and ``status()`` says so)."""
-    import importlib
-
-    return importlib.import_module("prefect.flow_engine")
-
-
 class DrainInRun(Patch):
     """Wraps ``handle_success`` of the flow engines (see the module docstring)."""
 
     def problem(self, module: Any) -> Optional[str]:
-        engines = _engines(engine_module(module))
+        engines = _engines(module)
         if not engines or not all(isinstance(e, type) for e in engines):
             return "prefect.flow_engine has no FlowRunEngine class"
         for engine in engines:
@@ -232,7 +223,7 @@ class DrainInRun(Patch):
         return None
 
     def wrap(self, module: Any) -> None:
-        for engine in _engines(engine_module(module)):
+        for engine in _engines(module):
             wrapper = handle_success_async if inspect.iscoroutinefunction(engine.__dict__["handle_success"]) else handle_success
             self.wrap_method(engine, "handle_success", wrapper)
 
@@ -241,7 +232,7 @@ patch = DrainInRun(
     None,
     "flow.drain-in-run",
     distribution="prefect",
-    module_name="prefect",
+    module_name="prefect.flow_engine",
     runner_name="FlowRunEngine",
     future_name="FlowRunEngine",
     applies=">=3.0.0",
