@@ -26,7 +26,13 @@ about keeps its stock state, and the runner's exit names it.
 
 All API calls happen on one reporter thread, with the client's own retries
 off (the reporter retries, within its deadline): the exit only waits for that
-thread, so its bound (:data:`REPORT_TIMEOUT`) holds whatever the API does.
+thread, so its bound (:data:`REPORT_TIMEOUT`) holds whatever the API does.  A
+runner's exit waits for its own runs' reports only (several runners share the
+process and the thread), and gives up at once on an API that refuses
+connections (a server that is down is known at the first attempt; one that
+answers slowly is waited for up to the bound).  Runs are read in batches of
+:data:`READ_BATCH` (a node lost under thousands of runs queues thousands of
+reports at once) and each round's state events go over one connection.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ POLL = 0.2
 
 #: Pause before trying again after the API could not be reached.
 RETRY = 1.0
+
+#: Most runs one read asks for (prefect's default page limit, PREFECT_API_DEFAULT_LIMIT).
+READ_BATCH = 200
 
 #: A report not shown by the API this long after it was sent is sent again
 #: (same event id: the recorder stores it once).
@@ -123,6 +132,33 @@ def _unreachable(exc: BaseException) -> bool:
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     return isinstance(status, int) and (status >= 500 or status in (408, 429))
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a refused connection: no
+    server listens at the API's address, which a retry within seconds will not change."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _read_runs(client: Any, keys: List[Any]) -> Dict[str, Any]:
+    """The task runs of ``keys`` the API has, by id, in one read per
+    :data:`READ_BATCH` (``read_task_runs`` with a filter on ids: prefect 3.0.0+)."""
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+    from prefect.settings import PREFECT_API_DEFAULT_LIMIT
+
+    batch = max(1, min(READ_BATCH, PREFECT_API_DEFAULT_LIMIT.value()))
+    found: Dict[str, Any] = {}
+    for start in range(0, len(keys), batch):
+        chunk = keys[start:start + batch]
+        wanted = TaskRunFilter(id=TaskRunFilterId(any_=chunk))
+        found.update((str(run.id), run) for run in client.read_task_runs(task_run_filter=wanted, limit=len(chunk)))
+    return found
 
 
 def _event(run: Any, stored: Any, proposal: Any) -> Any:
@@ -205,13 +241,24 @@ def _client(timeout: float = CALL_TIMEOUT) -> Any:
 class Report:
     """One run's final state to get into the API, one read at a time."""
 
-    def __init__(self, key: Any, name: str, future: Any, local: Any, context: Any = None, deadline: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        key: Any,
+        name: str,
+        future: Any,
+        local: Any,
+        context: Any = None,
+        deadline: Optional[float] = None,
+        owner: Any = None,
+    ) -> None:
         self.key = key
         self.name = name
         self.future = future
         self.local = local
         self.context = context
         self.deadline = deadline
+        #: whose exit waits for this report (the runner's runs): no other runner's exit does
+        self.owner = owner
         self.due = 0.0
         self.proposal: Any = None
         self.outgoing: Any = None
@@ -223,14 +270,19 @@ class Report:
         self.on_done: Optional[Callable[[str, Any], None]] = None
 
     def step(self, client: Any, now: float) -> None:
-        """Read the run once; finish, or decide what to send and when to read again."""
+        """Read the run once, then :meth:`observe` it."""
         from prefect.exceptions import ObjectNotFound
 
-        self.due = now + POLL
         try:
             run = client.read_task_run(self.key)
         except ObjectNotFound:
             run = None
+        self.observe(run, now)
+
+    def observe(self, run: Any, now: float) -> None:
+        """Given the run as the API has it (None: no record), finish, or decide
+        what to send and when to read again."""
+        self.due = now + POLL
         if run is None:
             self.first_missing = self.first_missing if self.first_missing is not None else now
             if now - self.first_missing >= RECORD_GRACE:
@@ -304,8 +356,8 @@ class Reporter:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._reports: Dict[Any, Report] = {}
-        #: (key, name) of reports given up at their deadline, for the exit to name
-        self._expired: List[Tuple[Any, str]] = []
+        #: key -> (name, owner) of reports given up, for their owner's exit to name
+        self._expired: Dict[Any, Tuple[str, Any]] = {}
         self._thread: Optional[threading.Thread] = None
 
     # -- the callers' side -------------------------------------------------------
@@ -326,28 +378,31 @@ class Reporter:
         with self._changed:
             return [(r.key, r.name) for r in self._reports.values()]
 
-    def wait(self, keys: Optional[Iterable[Any]], deadline: float, forget: bool = True) -> List[Tuple[Any, str]]:
-        """Give the reports of ``keys`` (None: all) until ``deadline`` (monotonic):
-        what is not done by then is given up.  Waits only for the thread, so the
-        bound is hard.  Returns (key, name) of the reports given up; with
-        ``forget=False`` a later wait returns them again."""
+    def wait(self, owner: Any, deadline: float) -> List[Tuple[Any, str]]:
+        """Give the reports ``owner`` (a runner's runs; None: every report) until
+        ``deadline`` (monotonic): what is not done by then is given up.  Waits
+        only for the thread, so the bound is hard; another owner's reports keep
+        their own deadlines.  Returns (key, name) of ``owner``'s reports given up."""
+
+        def mine(report_owner: Any) -> bool:
+            return owner is None or report_owner is owner
+
         with self._changed:
-            wanted = set(self._reports) if keys is None else set(keys)
+            wanted = {key for key, report in self._reports.items() if mine(report.owner)}
             for key in wanted:
-                report = self._reports.get(key)
-                if report is not None and (report.deadline is None or report.deadline > deadline):
+                report = self._reports[key]
+                if report.deadline is None or report.deadline > deadline:
                     report.deadline = deadline
-            if any(key in self._reports for key in wanted):
+            if wanted:
                 self._start()
             self._changed.notify_all()
             self._changed.wait_for(lambda: not wanted & set(self._reports), timeout=max(0.0, deadline - time.monotonic()))
             for key in wanted:
                 if key in self._reports:
-                    self._expired.append((key, self._reports.pop(key).name))
-            given_up = [(key, name) for key, name in self._expired if keys is None or key in wanted]
-            if forget:
-                self._expired = [entry for entry in self._expired if entry not in given_up]
-            self._changed.notify_all()
+                    self._give_up(self._reports[key])
+            given_up = [(key, name) for key, (name, report_owner) in self._expired.items() if mine(report_owner)]
+            for key, _name in given_up:
+                del self._expired[key]
             return given_up
 
     def flush(self, timeout: float) -> bool:
@@ -376,8 +431,7 @@ class Reporter:
             now = time.monotonic()
             for report in list(self._reports.values()):
                 if report.deadline is not None and now >= report.deadline:
-                    self._drop(report)
-                    self._expired.append((report.key, report.name))
+                    self._give_up(report)
             if not self._reports:
                 return False
             due = [r for r in self._reports.values() if r.due <= now]
@@ -397,16 +451,14 @@ class Reporter:
         return True
 
     def _serve(self, group: List[Report]) -> None:
-        """Read each report's run and send what they need (in the flow's context:
-        its API settings, its logger)."""
+        """Read the group's runs (a batch per :data:`READ_BATCH`) and send what they
+        need over one events connection (in the flow's context: its API settings,
+        its logger)."""
         bound = min([CALL_TIMEOUT] + [r.deadline - time.monotonic() for r in group if r.deadline is not None])
         try:
             with _client(max(0.1, bound)) as client:
-                for report in group:
-                    try:
-                        report.step(client, time.monotonic())
-                    except BaseException as exc:
-                        self._failed(report, exc)
+                for start in range(0, len(group), READ_BATCH):
+                    self._observe(client, group[start:start + READ_BATCH])
             outgoing = [r for r in group if r.outgoing is not None and r.outcome is None]
             if outgoing:
                 try:
@@ -425,8 +477,26 @@ class Reporter:
             if report.outcome is not None:
                 self._finish(report)
 
+    def _observe(self, client: Any, reports: List[Report]) -> None:
+        try:
+            runs = _read_runs(client, [r.key for r in reports])
+        except BaseException as exc:
+            for report in reports:
+                self._failed(report, exc)
+            return
+        now = time.monotonic()
+        for report in reports:
+            try:
+                report.observe(runs.get(str(report.key)), now)
+            except BaseException as exc:
+                self._failed(report, exc)
+
     def _failed(self, report: Report, exc: BaseException) -> None:
         if _unreachable(exc):
+            if report.deadline is not None and _refused(exc):
+                with self._changed:  # the exit waits: the server is down, say so now
+                    self._give_up(report)
+                return
             report.due = time.monotonic() + RETRY
             return
         guard.failed("final-state reports", exc)
@@ -445,6 +515,12 @@ class Reporter:
             with self._changed:
                 self._drop(report)
 
+    def _give_up(self, report: Report) -> None:
+        """(Under the lock.)  Stop reporting; its owner's exit names it."""
+        if self._reports.get(report.key) is report:
+            self._expired[report.key] = (report.name, report.owner)
+            self._drop(report)
+
     def _drop(self, report: Report) -> None:
         if self._reports.get(report.key) is report:
             del self._reports[report.key]
@@ -454,12 +530,14 @@ class Reporter:
 reporter = Reporter()
 
 
-def report_crash(key: Any, name: str, future: Any, cause: BaseException, runner: str, context: Any) -> None:
+def report_crash(
+    key: Any, name: str, future: Any, cause: BaseException, runner: str, context: Any, owner: Any = None
+) -> None:
     """Queue the crash report of one run whose worker/process died (called on a
     completion callback thread; never blocks it: the API calls happen on the
-    reporter thread, in ``context``, the flow's)."""
+    reporter thread, in ``context``, the flow's); ``owner``'s exit waits for it."""
     message = f"{runner} died or was lost before the run could report a final state: {describe(cause)}"
-    report = Report(key, name, future, crashed_state(message, cause), context)
+    report = Report(key, name, future, crashed_state(message, cause), context, owner=owner)
 
     def on_done(how: str, _state: Any) -> None:
         if how == REPORTED:
@@ -485,39 +563,24 @@ def describe(cause: BaseException) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
-def _queue_cancelled(runs: List[Tuple[Any, str, Any]], reason: str, deadline: float) -> List[Any]:
-    import contextvars
-
-    message = f"Cancelled by prefect-future-anchor: {reason}"
-    context = contextvars.copy_context()
-    for key, name, future in runs:
-        reporter.submit(Report(key, name, future, cancelled_state(message), context, deadline))
-    return [key for key, _name, _future in runs]
-
-
-def report_cancelled(runs: Iterable[Tuple[Any, str, Any]], reason: str, deadline: Optional[float] = None) -> List[Any]:
-    """Report Cancelled for the runs the shim cancelled, waiting (only for the
-    reporter thread) until ``deadline``; return the keys left unreported."""
-    runs = list(runs)
-    if not runs:
-        return []
-    deadline = deadline if deadline is not None else time.monotonic() + REPORT_TIMEOUT
-    keys = _queue_cancelled(runs, reason, deadline)
-    return [key for key, _name in reporter.wait(keys, deadline, forget=False)]
-
-
-def settle_at_exit(cancelled: Iterable[Tuple[Any, str, Any]], reason: str, timeout: Optional[float] = None) -> List[Any]:
+def settle_at_exit(
+    cancelled: Iterable[Tuple[Any, str, Any]], reason: str, timeout: Optional[float] = None, owner: Any = None
+) -> List[Any]:
     """The runner exit's one call: report Cancelled for the runs it cancelled and
-    finish every crash report still being made, all within ``timeout`` (default
+    finish ``owner``'s crash reports still being made (``owner``: the runner's
+    runs, as given to :func:`report_crash`), all within ``timeout`` (default
     :data:`REPORT_TIMEOUT`), a hard bound: the exiting thread only waits.  Logs
     one line naming the runs whose final state the API was not told; returns
     their keys."""
+    import contextvars
+
     started = time.monotonic()
     deadline = started + (REPORT_TIMEOUT if timeout is None else timeout)
-    cancelled = list(cancelled)
-    if cancelled:
-        _queue_cancelled(cancelled, reason, deadline)
-    return [key for key, _name in _name_unreported(reporter.wait(None, deadline), deadline - started)]
+    message = f"Cancelled by prefect-future-anchor: {reason}"
+    context = contextvars.copy_context()
+    for key, name, future in cancelled:
+        reporter.submit(Report(key, name, future, cancelled_state(message), context, deadline, owner))
+    return [key for key, _name in _name_unreported(reporter.wait(owner, deadline), deadline - started)]
 
 
 def _name_unreported(left: List[Tuple[Any, str]], timeout: float) -> List[Tuple[Any, str]]:

@@ -190,7 +190,7 @@ class Runtime:
             if entry is None or context is None:
                 return  # let go already (runner exit): the exit accounts for it
             name, future = entry
-            outcomes.report_crash(key, name, future, cause, f"{self.runner_name}'s {self.worker_word}", context)
+            outcomes.report_crash(key, name, future, cause, f"{self.runner_name}'s {self.worker_word}", context, runs)
         except Exception as exc:
             guard.failed(f"{self.name}.final-states", exc)
 
@@ -290,17 +290,18 @@ class Runtime:
         return f"the flow run ended {state.name}"
 
     def _settle(self, runs: Optional[anchor.Runs], cancelled: Cancelled, reason: str) -> None:
-        """Report the cancelled runs and finish the crash reports, in the flow run's
-        context (its API settings, and its logger for the line naming what the API
-        could not be told)."""
-        if not self.final_states:
-            return
+        """Report the cancelled runs and finish this runner's crash reports (not
+        another runner's: they share the reporter), in the flow run's context (its
+        API settings, and its logger for the line naming what the API could not be
+        told)."""
+        if not self.final_states or runs is None:
+            return  # a runner that held no run has no report to wait for
         try:
             context = getattr(runs, "context", None)
             if context is not None:
-                context.copy().run(outcomes.settle_at_exit, cancelled, reason)
+                context.copy().run(outcomes.settle_at_exit, cancelled, reason, owner=runs)
             else:
-                outcomes.settle_at_exit(cancelled, reason)
+                outcomes.settle_at_exit(cancelled, reason, owner=runs)
         except Exception as exc:
             guard.failed(f"{self.name}.final-states", exc)
 

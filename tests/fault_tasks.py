@@ -70,6 +70,17 @@ def dies_once_running():
 
 
 @task
+def dies_when(path: str, limit: float = 120.0):
+    """Kills its own worker process once ``path`` exists (bounded)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os._exit(1)
+
+
+@task
 def blocks(path: str, limit: float = 120.0):
     """Runs until ``path`` exists (the test creates it when done; bounded)."""
     import time

@@ -11,7 +11,6 @@ retries are off for the flow (stock's own calls fail fast, as the shim's do).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from typing import Any, List
@@ -19,22 +18,13 @@ from typing import Any, List
 import pytest
 
 from conftest import dask_processes_at, runners_available
-from fault_tasks import DriverSide, blocks
-from prefect import flow, task
+from fault_tasks import DriverSide, blocks, dies_when
+from prefect import flow
 from prefect_future_anchor import outcomes
 from prefect_future_anchor.server import free_port, prefect_server
 
 #: The exit's bound in these tests (the shim's REPORT_TIMEOUT, made short).
 BOUND = 6.0
-
-
-@task
-def dies_when(path: str, limit: float = 120.0):
-    """Kills its own worker process once ``path`` exists (bounded)."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    os._exit(1)
 
 
 class Server:

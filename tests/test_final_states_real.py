@@ -10,6 +10,7 @@ engine unable to (its worker killed, its run cancelled, the flow gone).
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -19,8 +20,9 @@ from typing import Any, List
 import httpx
 import pytest
 
+from api_proxy import ApiProxy
 from conftest import dask_processes_at, runners_available
-from fault_tasks import blocks, child, dies_once_running, parent
+from fault_tasks import DriverSide, blocks, child, dies_once_running, dies_when, parent
 from prefect import flow
 from prefect_future_anchor import outcomes
 
@@ -73,7 +75,8 @@ _RUN_CALL = re.compile(r"/task_runs/([0-9a-f-]{36})(/set_state)?$")
 
 
 class ApiCalls:
-    """This process's HTTP requests that read or set one task run's state, by run."""
+    """This process's HTTP requests that read or set task runs' states, by run (a
+    read of several runs by id counts once for each)."""
 
     def __init__(self, monkeypatch) -> None:
         self.runs: List[str] = []
@@ -98,6 +101,9 @@ class ApiCalls:
         match = _RUN_CALL.search(request.url.path)
         if match:
             self.runs.append(match.group(1))
+        elif request.url.path.endswith("/task_runs/filter"):
+            wanted = ((json.loads(request.content or b"{}").get("task_runs") or {}).get("id") or {}).get("any_")
+            self.runs.extend(wanted or [])
 
     def of(self, *futures) -> int:
         ids = {str(f.task_run_id) for f in futures}
@@ -367,7 +373,7 @@ class Hangs(outcomes.Report):
         super().__init__(uuid.uuid4(), "hangs", Outcome(), None)
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def step(self, client, now):
+    def observe(self, run, now):
         self.entered.set()
         self.gate.wait(120)
         self.outcome = ("unrecorded", None)
@@ -378,7 +384,7 @@ class Raises(outcomes.Report):
         super().__init__(uuid.uuid4(), "raises", Outcome(), None)
         self.exc = exc
 
-    def step(self, client, now):
+    def observe(self, run, now):
         raise self.exc
 
 
@@ -386,7 +392,7 @@ class Ends(outcomes.Report):
     def __init__(self) -> None:
         super().__init__(uuid.uuid4(), "ends", Outcome(), "its state")
 
-    def step(self, client, now):
+    def observe(self, run, now):
         self.outcome = ("reported", self.local)
 
 
@@ -420,6 +426,79 @@ def test_the_reporter_thread_survives_what_a_report_raises(exc):
     reporter.submit(ends)
     assert reporter.flush(60) and ends.future._final_state == "its state"
     assert "final-state reports" in guard.failures()
+
+
+# -- runners that share a process -------------------------------------------------------
+
+
+def two_runners(dask_pair, runner_a, proxy: ApiProxy, tmp_path, shimmed: bool) -> Any:
+    """Flow B (in a thread, its API through ``proxy``) loses a run with its Dask
+    worker while the proxy holds B's requests; flow A (this thread, the API direct)
+    then runs and exits; then the proxy lets B's requests through.  Returns B's
+    lost future once B's run is Crashed in the API (shimmed) or B's flow has
+    ended (stock)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    trigger = tmp_path / f"die-{time.monotonic_ns()}"
+    here = DriverSide(kept=[], died=threading.Event(), finish=threading.Event(), trigger=str(trigger))
+
+    def b_loses_a_run():
+        here.kept.append(dies_when.submit(here.trigger))
+        here.kept[0].wait()
+        here.died.set()
+        here.finish.wait(180)
+
+    def in_b():
+        with temporary_settings(updates={PREFECT_API_URL: proxy.url}):
+            flow(b_loses_a_run, name="b-loses-a-run", task_runner=dask_runner(dask_pair))()
+
+    def a_runs_and_exits():
+        return parent.submit(1).result()
+
+    b = threading.Thread(target=in_b)
+    b.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not here.kept and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (lost,) = here.kept
+        wait_running(lost.task_run_id)
+        proxy.hold()
+        trigger.touch()
+        assert here.died.wait(120)
+        if shimmed:  # readiness: the crash report is queued (and held by the proxy)
+            deadline = time.monotonic() + 60
+            while lost.task_run_id not in dict(outcomes.reporter.pending()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lost.task_run_id in dict(outcomes.reporter.pending())
+        assert flow(a_runs_and_exits, name="a-runs-and-exits", task_runner=runner_a)() == 1
+        proxy.release()
+        if shimmed:
+            api_poll(lost.task_run_id, lambda s: s is not None and s.is_crashed())
+    finally:
+        proxy.release()
+        here.finish.set()
+        b.join(240)
+    return lost
+
+
+def test_an_exit_waits_for_its_own_runs_reports_only(dask_pair, make_runner, shim, records, monkeypatch, tmp_path):
+    """Two runners in one process, the API slow for B: B's worker dies, then A's
+    runner exits.  A's exit neither waits for B's crash report nor gives it up
+    (before, it cut B's deadline to its own and named B's run in A's log); B's run
+    ends Crashed.  Stock control: B's run stays Running."""
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setattr(outcomes, "REPORT_TIMEOUT", 5.0)
+    with ApiProxy(PREFECT_API_URL.value()) as proxy:
+        lost = two_runners(dask_pair, make_runner("dask"), proxy, tmp_path, shimmed=False)
+        assert api_state(lost.task_run_id).is_running()  # stock: the zombie
+
+        shim()
+        records.records.clear()
+        lost = two_runners(dask_pair, make_runner("dask"), proxy, tmp_path, shimmed=True)
+    assert api_state(lost.task_run_id).is_crashed()
+    assert not records.messages(containing="could not be told")
 
 
 # -- runs the shim cancels at exit -----------------------------------------------------
