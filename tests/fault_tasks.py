@@ -70,6 +70,14 @@ def dies_once_running():
 
 
 @task
+def sleeps(seconds: float):
+    """Holds a worker thread (its worker is killed under it)."""
+    import time
+
+    time.sleep(seconds)
+
+
+@task
 def dies_when(path: str, limit: float = 120.0):
     """Kills its own worker process once ``path`` exists (bounded)."""
     import time

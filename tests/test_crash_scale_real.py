@@ -1,0 +1,109 @@
+"""Thousands of runs crashed at once: a Dask worker killed under every run of a flow.
+
+Real parts: the session's Prefect server, a ``dask scheduler`` and one ``dask worker``
+process with a thread per run (``allowed-failures=0``: the scheduler gives up on each
+run at the worker's death).  Every run shows Running in the API before the worker
+process is SIGKILLed by its pid.  ``PFA_CRASHED_AT_ONCE`` runs (CI: 100; ``./run
+faults``: 2,000) must all end Crashed in the API by the time the flow returns: the
+runner's exit waits at most ``outcomes.REPORT_TIMEOUT`` for them.  Stock control
+first, same size: every run stays Running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+from conftest import dask_processes_at, runners_available
+from fault_tasks import DriverSide, sleeps
+from prefect import flow
+from prefect_future_anchor import outcomes
+
+RUNS = int(os.environ.get("PFA_CRASHED_AT_ONCE", "100"))
+
+
+@pytest.fixture(scope="module")
+def one_wide_worker(tmp_path_factory):
+    if "dask" not in runners_available():
+        pytest.skip("this environment has no prefect-dask (PFA_RUNNERS)")
+    with dask_processes_at(
+        tmp_path_factory.mktemp("wide-worker"),
+        workers=1,
+        nthreads=RUNS + 8,
+        env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"},
+    ) as (address, pids):
+        yield address, pids
+
+
+def api_states(task_run_ids: List[Any]) -> Dict[str, Any]:
+    """The API's state of each run, by id (None: no record yet), read in pages."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+    found: Dict[str, Any] = {str(key): None for key in task_run_ids}
+    with get_client(sync_client=True) as client:
+        for start in range(0, len(task_run_ids), 200):
+            chunk = task_run_ids[start:start + 200]
+            runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)), limit=len(chunk))
+            found.update((str(run.id), run.state) for run in runs)
+    return found
+
+
+def all_running(task_run_ids: List[Any], limit: float) -> None:
+    """Readiness poll of the server: every run's engine has reported Running."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        states = api_states(task_run_ids).values()
+        if all(state is not None and state.is_running() for state in states):
+            return
+        time.sleep(1)
+    raise AssertionError(f"not every run showed Running within {limit}s")
+
+
+def kill_under_every_run(address: str, worker_pid: int) -> Any:
+    """``RUNS`` runs, all Running, then their worker SIGKILLed; returns the futures,
+    the seconds from the kill to the flow's return and the last of them."""
+    from prefect_dask import DaskTaskRunner
+
+    here = DriverSide(kept=[], killed_at=[])
+
+    def every_run_crashes():
+        here.kept.extend(sleeps.submit(600) for _ in range(RUNS))
+        all_running([f.task_run_id for f in here.kept], limit=300 + RUNS * 0.5)
+        here.killed_at.append(time.monotonic())
+        os.kill(worker_pid, signal.SIGKILL)
+        for future in here.kept:
+            future.wait()
+
+    flow(every_run_crashes, name="every-run-crashes", task_runner=DaskTaskRunner(address=address))()
+    return here.kept, time.monotonic() - here.killed_at[0]
+
+
+def worker_pid(address: str) -> int:
+    from distributed import Client
+
+    with Client(address, timeout=60, set_as_default=False) as client:
+        client.wait_for_workers(1, timeout=120)
+        (pid,) = client.run(os.getpid).values()
+    return pid
+
+
+def test_every_run_of_a_killed_worker_ends_crashed_within_the_bound(one_wide_worker, shim, records):
+    address, _pids = one_wide_worker
+    stock, _seconds = kill_under_every_run(address, worker_pid(address))
+    states = api_states([f.task_run_id for f in stock])
+    assert all(state is not None and state.is_running() for state in states.values())  # stock: zombies
+
+    shim()
+    kept, seconds = kill_under_every_run(address, worker_pid(address))
+    states = api_states([f.task_run_id for f in kept])
+    crashed = sum(state is not None and state.is_crashed() for state in states.values())
+    assert crashed == RUNS, f"{crashed} of {RUNS} Crashed; {seconds:.1f} s from the kill to the flow's return"
+    assert not records.messages(containing="could not be told")
+    # the stated bound, from the kill (the reports start then) to the flow's return, with slack
+    assert seconds < outcomes.REPORT_TIMEOUT + 60, seconds
+    print(f"{RUNS} runs crashed at once: all Crashed in the API {seconds:.1f} s after the kill")
