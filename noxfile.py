@@ -116,6 +116,7 @@ NEWEST = [
     "tests/test_process_pool_real.py",
     "tests/test_exits_real.py",
     "tests/test_ray_watch_real.py",
+    "tests/test_internals.py",
 ]
 #: Topologies (a second Ray cluster of two nodes with the Ray Client server, a Dask scheduler with
 #: three workers): ``-- full`` on the newest row, and ``./run faults``; not in CI's budget.

@@ -454,7 +454,7 @@ def status() -> Report:
             elif patch.applied and live is not None:
                 state, reason = "skipped", live
             elif patch.applied:
-                state, reason = "applied", decision.reason
+                state, reason = "applied", "; ".join([decision.reason] + patch.caveats())
                 if isinstance(patch, Track) and _on_exit == "ignore":
                     reason += " (on_exit='ignore': a clean exit does not drain)"
             elif patch.name in disabled:

@@ -110,6 +110,11 @@ class Patch:
     def switch(self, on: bool) -> None:
         """Turn what this patch turns on in the runtime (called after wrap, before unwrap)."""
 
+    def caveats(self) -> List[str]:
+        """What an applied patch no longer guards against on the installed
+        releases (a private internal it relies on has moved), for :func:`status`."""
+        return []
+
     def live_problem(self) -> Optional[str]:
         """Why an applied patch cannot work right now (e.g. under the current
         connection), for :func:`~prefect_future_anchor.status`; None if it can."""

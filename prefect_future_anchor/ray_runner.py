@@ -21,8 +21,8 @@ import sys
 import threading
 from typing import Any, Callable, Iterator, List, Optional
 
-from . import guard, ray_errors
-from .patches import ContextOnce, FinalStates, Patch, Track
+from . import guard, ray_errors, ray_watch
+from .patches import ContextOnce, FinalStates, Patch, Track, code_constants, code_reads
 from .ray_watch import Watcher
 from .runtime import Runtime
 
@@ -169,7 +169,13 @@ def client_problem() -> Optional[str]:
 
 
 class RayTrack(Track):
-    """Also wraps ``ray.shutdown`` (see :meth:`RayRuntime.shutdown_wrapper`)."""
+    """Also wraps ``ray.shutdown`` (see :meth:`RayRuntime.shutdown_wrapper`).  Ray's
+    private guards the watcher relies on are checked when it is applied: one that
+    has moved is said once, with the Ray version, and in :func:`status`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost: List[str] = []
 
     def problem(self, module: Any) -> Optional[str]:
         problem = super().problem(module)
@@ -191,15 +197,35 @@ class RayTrack(Track):
         super().wrap(module)
         self.wrap_method(sys.modules["ray"], "shutdown", runtime.shutdown_wrapper)
         atexit.register(runtime.pause_at_exit)
+        try:
+            version = getattr(sys.modules["ray"], "__version__", "?")
+            self.lost = [f"Ray {version}: {lost}" for lost in ray_watch.lost_safeties()]
+        except Exception as exc:
+            guard.failed("ray.track internals", exc)
+        for lost in self.lost:
+            guard.warn_once(f"ray.track:{lost}", "prefect-future-anchor: ray.track applied without a guard: %s", lost)
 
     def switch(self, on: bool) -> None:
         super().switch(on)
         if not on:
             atexit.unregister(runtime.pause_at_exit)
+            self.lost = []
+
+    def caveats(self) -> List[str]:
+        return list(self.lost)
 
 
 class RayFinalStates(FinalStates):
     def runner_problem(self, module: Any) -> Optional[str]:
+        # A run whose engine raised instead of returning its State would read as a
+        # Ray error (TASK_EXECUTION_EXCEPTION): every task exception reported Crashed.
+        runner = getattr(module, self.runner_name)
+        submit = runner.__dict__.get("submit")
+        submit = getattr(submit, "__wrapped__", submit)
+        run = inspect.getattr_static(runner, "_run_prefect_task", None)
+        run = getattr(run, "__func__", run)
+        if not code_reads(submit, "_run_prefect_task") or "state" not in code_constants(run):
+            return "RayTaskRunner no longer asks the engine for return_type='state'"
         return ray_errors.shape_problem()
 
     def live_problem(self) -> Optional[str]:

@@ -47,6 +47,7 @@ round 15, source AD).
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -106,6 +107,33 @@ def _wait() -> Callable[..., Any]:
     if callable(inner) and getattr(getattr(wait, "__code__", None), "co_name", "") == "auto_init_wrapper":
         return inner
     return wait
+
+
+#: The first Ray whose ``ray.init`` / ``ray.shutdown`` hold ``_connect_or_shutdown_lock``.
+SHUTDOWN_LOCK_SINCE = (2, 48)
+
+
+def _ray_version() -> Tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", getattr(_ray(), "__version__", ""))[:3])
+
+
+def lost_safeties() -> List[str]:
+    """The guards against a race with ``ray.shutdown()`` that the installed Ray's
+    private internals no longer offer (:func:`_shutdown_lock`, :func:`_wait`):
+    the watcher still works, with that race open again.  Empty when every
+    internal has the shape the shim was written for."""
+    lost = []
+    if _ray_version()[:2] >= SHUTDOWN_LOCK_SINCE and _shutdown_lock() is None:
+        lost.append(
+            "ray._private.worker._connect_or_shutdown_lock has moved: a watcher round can race a "
+            "ray.shutdown() the shim does not wrap (such a race aborted the driver)"
+        )
+    if _wait() is _ray().wait:
+        lost.append(
+            "ray.wait's auto-init wrapper has changed: a watcher round that loses a race with "
+            "ray.shutdown() can start a new local Ray"
+        )
+    return lost
 
 
 def _shutdown_lock() -> Any:
