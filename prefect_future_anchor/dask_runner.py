@@ -15,7 +15,6 @@ import collections
 import inspect
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import guard
@@ -149,22 +148,48 @@ class Completions:
             self._wake()
 
 
-_error_thread: Optional[ThreadPoolExecutor] = None
-_error_lock = threading.Lock()
+class ErrorCallbacks:
+    """The callbacks of runs whose call raised, one after another on a thread of
+    the shim's (each asks Dask for the exception, a blocking call the event loop
+    must not make).  The thread ends once it finds nothing left to do: nothing
+    of the shim's idles in the process for its life."""
+
+    def __init__(self) -> None:
+        self._queued: Deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def submit(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._queued.append(callback)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="prefect-future-anchor-dask-errors", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queued:
+                    self._thread = None
+                    return
+                callback = self._queued.popleft()
+            try:
+                callback()
+            except Exception as exc:
+                guard.failed("dask.track completions", exc)
+
+
+_errors = ErrorCallbacks()
 
 
 def _on_loop(on_done: Callable[[], None]) -> Callable[[Any], None]:
     def deliver(raw: Any) -> None:
         """On the event loop: call back, or, for a run whose call raised, on a thread."""
-        global _error_thread
         try:
             if raw.status != "error":
                 on_done()
                 return
-            with _error_lock:
-                if _error_thread is None:
-                    _error_thread = ThreadPoolExecutor(1, thread_name_prefix="prefect-future-anchor-dask")
-            _error_thread.submit(on_done)
+            _errors.submit(on_done)
         except Exception as exc:
             guard.failed("dask.track completions", exc)
 
@@ -250,6 +275,41 @@ class DaskFinalStates(FinalStates):
         return None
 
 
+class DaskTrack(Track):
+    """distributed's private ``done_callback`` (the batched completions) is checked
+    when the patch is applied: if it has moved, each run registers with the public
+    ``Future.add_done_callback`` instead, which is said once and in :func:`status`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost: List[str] = []
+
+    def wrap(self, module: Any) -> None:
+        super().wrap(module)
+        if _waiter() is None:
+            from importlib import metadata
+
+            try:
+                version = metadata.version("distributed")
+            except Exception:
+                version = "?"
+            self.lost = [
+                f"distributed {version}: distributed.client.done_callback has changed: each run's "
+                "completion is registered with Future.add_done_callback (a wake-up of the client's "
+                "event loop per submit)"
+            ]
+        for lost in self.lost:
+            guard.warn_once(f"dask.track:{lost}", "prefect-future-anchor: dask.track applied without a shortcut: %s", lost)
+
+    def switch(self, on: bool) -> None:
+        super().switch(on)
+        if not on:
+            self.lost = []
+
+    def caveats(self) -> List[str]:
+        return list(self.lost)
+
+
 class ClientOnce(Patch):
     """prefect-dask 0.3.4+: the runner's lazily made client, created once per runner."""
 
@@ -278,7 +338,7 @@ _WHERE = dict(
     future_name="PrefectDaskFuture",
 )
 
-TRACK = Track(
+TRACK = DaskTrack(
     runtime,
     "dask.track",
     applies=">=0.3.0",

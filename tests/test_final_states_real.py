@@ -185,6 +185,15 @@ def test_worker_death_ends_crashed_and_costs_no_call_for_normal_runs(kind, runne
     # the crashed run's reads; none for the two that ended normally
     assert doomed_calls > 0 and other_calls == stock_calls
     assert fine.result() == 2
+    if kind == "dask":  # the thread that ran the crashed run's callback does not outlive its work
+        deadline = time.monotonic() + 30
+        while shim_threads("prefect-future-anchor-dask") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not shim_threads("prefect-future-anchor-dask")
+
+
+def shim_threads(prefix: str) -> List[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
 
 
 class HeldReports:
