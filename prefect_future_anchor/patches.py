@@ -229,6 +229,7 @@ class FinalStates(Patch):
                 return f"{self.future_name}.{method} does not read _final_state"
         try:
             from prefect.client.orchestration import SyncPrefectClient, get_client
+            from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId  # noqa: F401
             from prefect.context import FlowRunContext
             from prefect.events import Event  # noqa: F401
             from prefect.events.clients import get_events_client
@@ -236,8 +237,9 @@ class FinalStates(Patch):
             from prefect.states import Cancelled, Crashed  # noqa: F401
         except ImportError as exc:
             return f"prefect's client API has moved ({exc})"
-        if not callable(getattr(SyncPrefectClient, "read_task_run", None)):
-            return "SyncPrefectClient has no read_task_run"
+        for method in ("read_task_run", "read_task_runs"):
+            if not callable(getattr(SyncPrefectClient, method, None)):
+                return f"SyncPrefectClient has no {method}"
         if "sync_client" not in inspect.signature(get_client).parameters:
             return "get_client has no sync_client parameter"
         if "reconnection_attempts" not in inspect.signature(get_events_client).parameters:
