@@ -510,6 +510,86 @@ def test_an_exit_waits_for_its_own_runs_reports_only(dask_pair, make_runner, shi
     assert not records.messages(containing="could not be told")
 
 
+# -- the API refusing or slow at exit ----------------------------------------------------
+
+
+def exit_with_api(dask_pair, proxy: ApiProxy, tmp_path, outage: str, back_before_exit: bool = False) -> Any:
+    """A flow whose one run reports through ``proxy`` (the flow's own calls go to the
+    API direct): ``outage`` ("refuse" or "hold") starts, the run's worker dies,
+    the proxy listens again before the flow ends if ``back_before_exit``.  Returns
+    the lost future and the seconds from the flow body's end to the flow's return
+    (the flow run's completion, then the runner's exit)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    trigger = tmp_path / f"die-{time.monotonic_ns()}"
+    here = DriverSide(kept=[], ended=[], proxy=proxy, outage=outage, back=back_before_exit, trigger=trigger)
+
+    def loses_a_run():
+        with temporary_settings(updates={PREFECT_API_URL: here.proxy.url}):
+            here.kept.append(dies_when.submit(str(here.trigger)))
+        wait_running(here.kept[0].task_run_id)
+        getattr(here.proxy, here.outage)()
+        here.trigger.touch()
+        here.kept[0].wait()
+        if here.back:
+            here.proxy.listen()
+        here.ended.append(time.monotonic())
+
+    try:
+        flow(loses_a_run, name=f"api-{outage}s-at-exit", task_runner=dask_runner(dask_pair))()
+        return here.kept[0], time.monotonic() - here.ended[0]
+    finally:
+        proxy.release()
+        proxy.listen()
+
+
+def test_an_api_that_refuses_costs_the_exit_seconds_not_the_bound(dask_pair, shim, records, tmp_path):
+    """Nothing listens at the API's address when the runner exits: the first refused
+    connection gives the report up (before, it was tried again every ~2.6 s until
+    the 30 s bound), one line names the run.  An API back before the exit gets the
+    report (Crashed).  Stock control: the run stays Running, the exit waits for nothing."""
+    from prefect.settings import PREFECT_API_URL
+
+    with ApiProxy(PREFECT_API_URL.value()) as proxy:
+        lost, stock_seconds = exit_with_api(dask_pair, proxy, tmp_path, "refuse")
+        assert api_state(lost.task_run_id).is_running()  # stock: the zombie
+
+        shim()
+        records.records.clear()
+        lost, seconds = exit_with_api(dask_pair, proxy, tmp_path, "refuse")
+        (line,) = records.messages(containing="could not be told")
+        assert str(lost.task_run_id) in line
+        assert api_state(lost.task_run_id).is_running()  # nothing reported: as the API last had it
+        # at most 5 s more than stock's exit (slack for a loaded machine; the bound is 30 s)
+        assert seconds - stock_seconds < 5 + 10, (stock_seconds, seconds)
+        print(f"API refusing at exit: the exit took {seconds:.2f} s, stock {stock_seconds:.2f} s")
+
+        records.records.clear()
+        lost, _seconds = exit_with_api(dask_pair, proxy, tmp_path, "refuse", back_before_exit=True)
+        assert api_state(lost.task_run_id).is_crashed()
+        assert not records.messages(containing="could not be told")
+
+
+def test_a_slow_api_keeps_the_exit_within_the_bound(dask_pair, shim, records, monkeypatch, tmp_path):
+    """The API accepts connections and does not answer: the exit waits for the report
+    up to the bound (the shim's REPORT_TIMEOUT, made short here), not less (a slow
+    API is not a refusing one) and not more, and names the run.  Stock control: the
+    exit waits for nothing."""
+    from prefect.settings import PREFECT_API_URL
+
+    bound = 8.0
+    monkeypatch.setattr(outcomes, "REPORT_TIMEOUT", bound)
+    with ApiProxy(PREFECT_API_URL.value()) as proxy:
+        lost, stock_seconds = exit_with_api(dask_pair, proxy, tmp_path, "hold")
+        shim()
+        records.records.clear()
+        lost, seconds = exit_with_api(dask_pair, proxy, tmp_path, "hold")
+    (line,) = records.messages(containing="could not be told")
+    assert str(lost.task_run_id) in line and f"within {bound:g}s" in line
+    assert bound - 1 < seconds < stock_seconds + bound + 20, (stock_seconds, seconds)
+    print(f"API holding at exit, bound {bound:g} s: the exit took {seconds:.2f} s, stock {stock_seconds:.2f} s")
+
+
 # -- runs the shim cancels at exit -----------------------------------------------------
 
 
