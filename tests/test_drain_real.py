@@ -47,9 +47,62 @@ def test_fire_and_forget_completes_under_wait_and_stock_loses_some(kind, make_ru
 
 @pytest.mark.parametrize("kind", RUNNERS)
 def test_fire_and_forget_in_async_flow(kind, make_runner, shim, tmp_path):
+    stock_dir, shim_dir = tmp_path / "stock", tmp_path / "shim"
+    stock_dir.mkdir()
+    shim_dir.mkdir()
+    flows.run_fire_and_forget_async(make_runner(kind), str(stock_dir))
+    stock_done = done_files(stock_dir)
+
     shim()
-    flows.run_fire_and_forget_async(make_runner(kind), str(tmp_path))
-    assert done_files(tmp_path) == 10
+    flows.run_fire_and_forget_async(make_runner(kind), str(shim_dir))
+    assert done_files(shim_dir) == 10
+    assert stock_done < 10, "control: the stock runner should lose fire-and-forget runs"
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_uninstall_while_the_exit_drains(kind, make_runner, shim, tmp_path, records):
+    """uninstall() from another thread while a runner's exit waits for its unkept
+    runs: uninstall returns (it shares no lock with the exit), that exit
+    still drains every run it held, nothing of the shim fails, the originals are
+    back and nothing stays held.  Stock control first: the same flow loses runs."""
+    import threading
+    import time
+
+    from prefect_future_anchor import guard
+
+    runner_module = __import__(f"prefect_{kind}.task_runners", fromlist=["_"])
+    runner_class = getattr(runner_module, {"dask": "DaskTaskRunner", "ray": "RayTaskRunner"}[kind])
+    stock_methods = {name: runner_class.__dict__[name] for name in ("submit", "__exit__")}
+    stock_dir, shim_dir = tmp_path / "stock", tmp_path / "shim"
+    stock_dir.mkdir()
+    shim_dir.mkdir()
+    flows.run_fire_and_forget(make_runner(kind), str(stock_dir))
+    stock_done = done_files(stock_dir)
+
+    failures = guard.failures()
+    shim()
+    records.records.clear()
+    raced = []
+
+    def uninstall_once_draining():
+        deadline = time.monotonic() + 300
+        while not records.messages(logging.INFO, "waiting up to") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done_before = done_files(shim_dir)
+        raced.append((done_before, prefect_future_anchor.uninstall().installed))
+
+    racer = threading.Thread(target=uninstall_once_draining)
+    racer.start()
+    flows.run_fire_and_forget(make_runner(kind), str(shim_dir))
+    racer.join(300)
+    ((done_before, still_installed),) = raced
+    assert done_before < 10, "precondition: uninstall() came while runs were still unresolved"
+    assert not still_installed
+    assert done_files(shim_dir) == 10
+    assert stock_done < 10, "control: the stock runner should lose fire-and-forget runs"
+    assert guard.failures() == failures
+    assert {name: runner_class.__dict__[name] for name in stock_methods} == stock_methods
+    assert prefect_future_anchor.wait_released(60)
 
 
 @pytest.mark.parametrize("kind", RUNNERS)
