@@ -105,7 +105,13 @@ def _sentinel_class(read: Any) -> type:
 
 class Probe:
     """The client side: which refs the actor borrows, which it reported ready
-    that no call has handed out yet, and the errors found for them."""
+    that no call has handed out yet, and the errors found for them.
+
+    An error is kept until the call after the one that handed its ref out: the
+    watcher asks :meth:`failure` in the callbacks of the round that found the ref
+    ready, before its next probe.  A run nobody asks about (cancelled by the
+    shim, or final states off) leaves nothing behind, however long the
+    connection lives."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -114,6 +120,7 @@ class Probe:
         self._sent: Set[bytes] = set()
         self._ready: Set[bytes] = set()
         self._errors: Dict[bytes, BaseException] = {}
+        self._handed: Set[bytes] = set()  # handed out by the last call
         self.handed_out = 0
         self.calls = 0  # actor calls made (for the benchmarks)
         self.shipped = 0  # refs sent to the actor, in all
@@ -130,6 +137,7 @@ class Probe:
         self._sent.clear()
         self._ready.clear()
         self._errors.clear()
+        self._handed.clear()
         self.handed_out = 0
         self._actor = None
         self._session = session
@@ -147,6 +155,9 @@ class Probe:
 
         with self._lock:
             self._fresh()
+            for key in self._handed:
+                self._errors.pop(key, None)
+            self._handed.clear()
             new = []
             for ref in refs:
                 key = ref.binary()
@@ -167,7 +178,8 @@ class Probe:
             self._ready.update(ids)
             self._errors.update(errors)
             out = [ref for ref in refs if ref.binary() in self._ready]
-            self._ready.difference_update(ref.binary() for ref in out)
+            self._handed = {ref.binary() for ref in out}
+            self._ready.difference_update(self._handed)
             self.handed_out += len(out)
             return out
 
@@ -186,6 +198,7 @@ class Probe:
             self._sent.clear()
             self._ready.clear()
             self._errors.clear()
+            self._handed.clear()
         if actor is not None and connected():
             try:
                 import ray

@@ -285,6 +285,42 @@ def test_ray_client_watching_pulls_nothing_to_the_head(cluster, client_session):
     assert ray.get(shimmed, timeout=120) == b"x" * (4 << 20)  # the value is intact and still fetchable
 
 
+def test_ray_client_probe_keeps_no_error_nobody_asks_for(cluster, client_session):
+    """One Ray Client connection across many flows' worth of runs whose Ray errors
+    nobody asks about (runs the shim cancelled, or final states off): the probe
+    keeps at most the last round's; before, every one stayed for the connection's
+    life.  Control, same connection: an error asked for in the round's callback is
+    still there to read."""
+    import threading
+
+    from prefect_future_anchor import ray_client
+    from prefect_future_anchor.ray_watch import Watcher
+
+    ray = client_session
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def fails(i: int) -> None:
+        raise ValueError(f"run {i} fails")
+
+    watcher = Watcher(probe=ray_client.probe)
+    asked: List[Any] = []
+    try:
+        for flow_number in range(8):
+            refs = [fails.remote(flow_number * 10 + i) for i in range(5)]
+            seen = threading.Semaphore(0)
+            for n, ref in enumerate(refs):
+                if flow_number == 0 and n == 0:
+                    watcher.watch(ref, lambda ref=ref: (asked.append(ray_client.failure(ref)), seen.release()), seen.release)
+                else:
+                    watcher.watch(ref, seen.release, seen.release)
+            for _ in refs:
+                assert seen.acquire(timeout=120), "the watcher never saw a run end"
+    finally:
+        watcher.pause()
+    assert isinstance(asked[0], Exception) and "fails" in str(asked[0])
+    assert len(ray_client._probe._errors) <= 5, len(ray_client._probe._errors)
+
+
 def test_ray_client_worker_death_ends_crashed(cluster, shim):
     """A run whose worker dies under Ray Client: stock leaves it Running; the shim,
     reading the cause inside the cluster, reports it Crashed with Ray's cause, and
