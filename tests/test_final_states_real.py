@@ -382,7 +382,7 @@ class Hangs(outcomes.Report):
         super().__init__(uuid.uuid4(), "hangs", Outcome(), None)
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def observe(self, run, now):
+    def observe(self, run, now, landed_at=0.0):
         self.entered.set()
         self.gate.wait(120)
         self.outcome = ("unrecorded", None)
@@ -393,7 +393,7 @@ class Raises(outcomes.Report):
         super().__init__(uuid.uuid4(), "raises", Outcome(), None)
         self.exc = exc
 
-    def observe(self, run, now):
+    def observe(self, run, now, landed_at=0.0):
         raise self.exc
 
 
@@ -401,7 +401,7 @@ class Ends(outcomes.Report):
     def __init__(self) -> None:
         super().__init__(uuid.uuid4(), "ends", Outcome(), "its state")
 
-    def observe(self, run, now):
+    def observe(self, run, now, landed_at=0.0):
         self.outcome = ("reported", self.local)
 
 
