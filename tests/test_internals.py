@@ -24,40 +24,38 @@ pytestmark = pytest.mark.skipif("ray" not in runners_available(), reason="this e
 
 @pytest.fixture(autouse=True)
 def clean(monkeypatch):
+    import prefect_dask  # noqa: F401
+    import prefect_ray  # noqa: F401
+
     prefect_future_anchor.uninstall()
     monkeypatch.setattr(guard, "_warned", set())
     yield
     prefect_future_anchor.uninstall()
 
 
-def installed(caplog, name: str):
-    import prefect_dask  # noqa: F401
-    import prefect_ray  # noqa: F401
-
-    with caplog.at_level(logging.WARNING, logger="prefect_future_anchor"):
-        status = prefect_future_anchor.install().patch(name)
-        prefect_future_anchor.uninstall()
-        prefect_future_anchor.install()
-    lines = [r.getMessage() for r in caplog.records if "applied without" in r.getMessage()]
+def installed(records, name: str):
+    records.records.clear()
+    status = prefect_future_anchor.install().patch(name)
     prefect_future_anchor.uninstall()
-    caplog.clear()
-    return status, lines
+    prefect_future_anchor.install()
+    prefect_future_anchor.uninstall()
+    return status, records.messages(logging.WARNING, "applied without")
 
 
-def test_ray_wait_without_its_auto_init_wrapper_is_said(monkeypatch, caplog):
+def test_ray_wait_without_its_auto_init_wrapper_is_said(monkeypatch, records):
     import ray
 
-    status, lines = installed(caplog, "ray.track")
+    status, lines = installed(records, "ray.track")
     assert status.state == "applied" and "auto-init" not in status.reason and lines == []
 
     monkeypatch.setattr(ray, "wait", ray.wait.__wrapped__)
-    status, lines = installed(caplog, "ray.track")
+    status, lines = installed(records, "ray.track")
     assert status.state == "applied"
     assert "auto-init wrapper has changed" in status.reason and f"Ray {ray.__version__}" in status.reason
     assert len(lines) == 1 and "auto-init wrapper" in lines[0]
 
 
-def test_ray_shutdown_lock_moved_is_said(monkeypatch, caplog):
+def test_ray_shutdown_lock_moved_is_said(monkeypatch, records):
     import ray
     import ray._private.worker as worker
 
@@ -65,25 +63,25 @@ def test_ray_shutdown_lock_moved_is_said(monkeypatch, caplog):
 
     if getattr(worker, "_connect_or_shutdown_lock", None) is None:
         pytest.skip(f"Ray {ray.__version__} predates _connect_or_shutdown_lock (Ray 2.48)")
-    status, lines = installed(caplog, "ray.track")
+    status, lines = installed(records, "ray.track")
     assert "shutdown_lock" not in status.reason and lines == []
 
     monkeypatch.delattr(worker, "_connect_or_shutdown_lock")
     assert ray_watch._shutdown_lock() is None
-    status, lines = installed(caplog, "ray.track")
+    status, lines = installed(records, "ray.track")
     assert status.state == "applied"
     assert "_connect_or_shutdown_lock has moved" in status.reason and f"Ray {ray.__version__}" in status.reason
     assert len(lines) == 1
 
 
-def test_distributed_done_callback_moved_is_said(monkeypatch, caplog):
+def test_distributed_done_callback_moved_is_said(monkeypatch, records):
     import distributed.client
 
-    status, lines = installed(caplog, "dask.track")
+    status, lines = installed(records, "dask.track")
     assert "done_callback" not in status.reason and lines == []
 
     monkeypatch.setattr(distributed.client, "done_callback", lambda future, callback: None)
-    status, lines = installed(caplog, "dask.track")
+    status, lines = installed(records, "dask.track")
     assert status.state == "applied" and "done_callback has changed" in status.reason
     assert len(lines) == 1
 
