@@ -365,8 +365,8 @@ class Reporter:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._reports: Dict[Any, Report] = {}
-        #: key -> (name, owner) of reports given up, for their owner's exit to name
-        self._expired: Dict[Any, Tuple[str, Any]] = {}
+        #: key -> (name, owner, whether it was sent) of reports given up, for their owner's exit to name
+        self._expired: Dict[Any, Tuple[str, Any, bool]] = {}
         self._thread: Optional[threading.Thread] = None
         #: when the API last showed a report landed (see :data:`RESEND`)
         self._landed_at = 0.0
@@ -389,11 +389,12 @@ class Reporter:
         with self._changed:
             return [(r.key, r.name) for r in self._reports.values()]
 
-    def wait(self, owner: Any, deadline: float) -> List[Tuple[Any, str]]:
+    def wait(self, owner: Any, deadline: float) -> List[Tuple[Any, str, bool]]:
         """Give the reports ``owner`` (a runner's runs; None: every report) until
         ``deadline`` (monotonic): what is not done by then is given up.  Waits
         only for the thread, so the bound is hard; another owner's reports keep
-        their own deadlines.  Returns (key, name) of ``owner``'s reports given up."""
+        their own deadlines.  Returns (key, name, whether it was sent) of ``owner``'s
+        reports given up (one sent may still be stored by the API's recorder)."""
 
         def mine(report_owner: Any) -> bool:
             return owner is None or report_owner is owner
@@ -411,8 +412,8 @@ class Reporter:
             for key in wanted:
                 if key in self._reports:
                     self._give_up(self._reports[key])
-            given_up = [(key, name) for key, (name, report_owner) in self._expired.items() if mine(report_owner)]
-            for key, _name in given_up:
+            given_up = [(key, name, sent) for key, (name, report_owner, sent) in self._expired.items() if mine(report_owner)]
+            for key, _name, _sent in given_up:
                 del self._expired[key]
             return given_up
 
@@ -536,7 +537,7 @@ class Reporter:
     def _give_up(self, report: Report) -> None:
         """(Under the lock.)  Stop reporting; its owner's exit names it."""
         if self._reports.get(report.key) is report:
-            self._expired[report.key] = (report.name, report.owner)
+            self._expired[report.key] = (report.name, report.owner, report.sent_at is not None)
             self._drop(report)
 
     def _drop(self, report: Report) -> None:
@@ -598,16 +599,18 @@ def settle_at_exit(
     context = contextvars.copy_context()
     for key, name, future in cancelled:
         reporter.submit(Report(key, name, future, cancelled_state(message), context, deadline, owner))
-    return [key for key, _name in _name_unreported(reporter.wait(owner, deadline), deadline - started)]
+    return [key for key, _name, _sent in _name_unreported(reporter.wait(owner, deadline), deadline - started)]
 
 
-def _name_unreported(left: List[Tuple[Any, str]], timeout: float) -> List[Tuple[Any, str]]:
+def _name_unreported(left: List[Tuple[Any, str, bool]], timeout: float) -> List[Tuple[Any, str, bool]]:
     if left:
+        sent = sum(1 for _key, _name, was_sent in left if was_sent)
         _run_logger().error(
             "prefect-future-anchor: the API could not be told the final state of %d task run(s) "
-            "within %gs; they stay as the API last had them: %s",
+            "within %gs; they stay as the API last had them%s: %s",
             len(left),
             timeout,
-            _names(left),
+            f" unless its recorder still stores the {sent} report(s) sent to it" if sent else "",
+            _names((key, name) for key, name, _sent in left),
         )
     return left
