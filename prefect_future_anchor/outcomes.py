@@ -83,6 +83,8 @@ RESEND = 5.0
 #: the reports, shares the server with those reads (600 reports at once landed
 #: in 19.3 s with back-to-back reads, in 14.0 s with this pause: RESULTS.md).
 READ_PAUSE = 2.0
+#: The longest such pause.
+MAX_PAUSE = 5.0
 
 #: What became of a report: the API holds the shim's state, an engine's final
 #: state, or has no record of the run.
@@ -469,11 +471,10 @@ class Reporter:
         bound = min([CALL_TIMEOUT] + [r.deadline - time.monotonic() for r in group if r.deadline is not None])
         try:
             with _client(max(0.1, bound)) as client:
-                started = time.monotonic()
+                reading = 0.0
                 for start in range(0, len(group), READ_BATCH):
-                    self._observe(client, group[start:start + READ_BATCH])
-                ended = time.monotonic()
-            pause = ended + READ_PAUSE * (ended - started)
+                    reading += self._observe(client, group[start:start + READ_BATCH])
+            pause = time.monotonic() + min(READ_PAUSE * reading, MAX_PAUSE)
             for report in group:
                 report.due = max(report.due, pause)
             outgoing = [r for r in group if r.outgoing is not None and r.outcome is None]
@@ -494,13 +495,16 @@ class Reporter:
             if report.outcome is not None:
                 self._finish(report)
 
-    def _observe(self, client: Any, reports: List[Report]) -> None:
+    def _observe(self, client: Any, reports: List[Report]) -> float:
+        """Read ``reports``' runs and observe them; the seconds the read took (0 if
+        it failed: a read that timed out says nothing of the recorder's pace)."""
+        started = time.monotonic()
         try:
             runs = _read_runs(client, [r.key for r in reports])
         except BaseException as exc:
             for report in reports:
                 self._failed(report, exc)
-            return
+            return 0.0
         now = time.monotonic()
         for report in reports:
             try:
@@ -509,6 +513,7 @@ class Reporter:
                 self._failed(report, exc)
         if any(r.outcome is not None and r.outcome[0] != UNRECORDED for r in reports):
             self._landed_at = now
+        return now - started
 
     def _failed(self, report: Report, exc: BaseException) -> None:
         if _unreachable(exc):
