@@ -299,7 +299,9 @@ class DaskTrack(Track):
                 "event loop per submit)"
             ]
         for lost in self.lost:
-            guard.warn_once(f"dask.track:{lost}", "prefect-future-anchor: dask.track applied without a shortcut: %s", lost)
+            guard.warn_once(
+                f"dask.track:{lost}", "prefect-future-anchor: dask.track applied without a shortcut: %s", lost
+            )
 
     def switch(self, on: bool) -> None:
         super().switch(on)

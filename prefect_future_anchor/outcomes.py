@@ -414,7 +414,7 @@ class Reporter:
             for key in wanted:
                 if key in self._reports:
                     self._give_up(self._reports[key])
-            given_up = [(key, name, sent) for key, (name, report_owner, sent) in self._expired.items() if mine(report_owner)]
+            given_up = [(key, name, sent) for key, (name, who, sent) in self._expired.items() if mine(who)]
             for key, _name, _sent in given_up:
                 del self._expired[key]
             return given_up

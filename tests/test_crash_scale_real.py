@@ -53,7 +53,8 @@ def api_states(task_run_ids: List[Any]) -> Dict[str, Any]:
     with get_client(sync_client=True) as client:
         for start in range(0, len(task_run_ids), 200):
             chunk = task_run_ids[start:start + 200]
-            runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)), limit=len(chunk))
+            wanted = TaskRunFilter(id=TaskRunFilterId(any_=chunk))
+            runs = client.read_task_runs(task_run_filter=wanted, limit=len(chunk))
             found.update((str(run.id), run.state) for run in runs)
     return found
 

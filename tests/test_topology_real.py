@@ -309,8 +309,13 @@ def test_ray_client_probe_keeps_no_error_nobody_asks_for(cluster, client_session
             refs = [fails.remote(flow_number * 10 + i) for i in range(5)]
             seen = threading.Semaphore(0)
             for n, ref in enumerate(refs):
-                if flow_number == 0 and n == 0:
-                    watcher.watch(ref, lambda ref=ref: (asked.append(ray_client.failure(ref)), seen.release()), seen.release)
+                if flow_number == 0 and n == 0:  # the control: this one's error is asked for
+
+                    def ask(ref=ref, seen=seen):
+                        asked.append(ray_client.failure(ref))
+                        seen.release()
+
+                    watcher.watch(ref, ask, seen.release)
                 else:
                     watcher.watch(ref, seen.release, seen.release)
             for _ in refs:
