@@ -109,17 +109,6 @@ def _reader() -> Callable[[Any], Optional[BaseException]]:
 read = _reader()
 
 
-def failure(ref: Any) -> Optional[BaseException]:
-    """The Ray error a ready ref holds, or None if it holds a value (or an error
-    this node cannot see without fetching).  Under Ray Client this process has no
-    core worker: the cluster-side reader's verdict is asked for instead."""
-    from . import ray_client
-
-    if ray_client.connected():
-        return ray_client.failure(ref)
-    return read(ref)
-
-
 def cancelled(error: BaseException) -> bool:
     """A cancellation (``ray.cancel``), not a death."""
     try:

@@ -76,8 +76,16 @@ class RayRuntime(Runtime):
         _ray().cancel(raw, force=True)
 
     def failure(self, raw: Any) -> Optional[BaseException]:
-        # Runs on the watcher thread (paused before ray.shutdown()), never on Ray's own.
-        error = ray_errors.failure(raw)
+        """The Ray error a ready ref holds, or None if it holds a value (or an error
+        this node cannot see without fetching).  Under Ray Client this process has
+        no core worker: the cluster-side reader's verdict is asked for instead.
+        Runs on the watcher thread (paused before ray.shutdown()), never on Ray's own."""
+        if _client_connected():
+            from . import ray_client
+
+            error = ray_client.failure(raw)
+        else:
+            error = ray_errors.read(raw)
         if error is None or ray_errors.cancelled(error):
             return None
         return error

@@ -101,3 +101,27 @@ def test_sdist_and_wheel_contents_and_metadata(tmp_path):
 
     check = subprocess.run([str(_twine()), "check", "--strict", str(wheel), str(sdist)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_package_has_no_import_circle():
+    """Issue 35, section 8: no module of the package imports, at any depth and from
+    any function, a module that imports it back (the release table and the runner
+    modules, ray_client and ray_errors, were two circles)."""
+    import ast
+
+    package = ROOT / "prefect_future_anchor"
+    graph = {}
+    for path in package.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        graph[path.stem] = imported & {p.stem for p in package.glob("*.py")}
+
+    def reaches(start, goal, seen):
+        for name in graph[start] - seen:
+            if name == goal or reaches(name, goal, seen | {name}):
+                return True
+        return False
+
+    assert [name for name in sorted(graph) if reaches(name, name, set())] == []
