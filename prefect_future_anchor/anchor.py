@@ -49,6 +49,8 @@ class Runs:
         self.flow_run: Any = None
         #: runs the shim cancelled: their end is a cancellation, not a crash
         self.cancelled: set = set()
+        #: runs a drain stopped waiting for (cancelled, or running on where they cannot be)
+        self.given_up: set = set()
         #: the runtime of the runner that holds them, the flow run's logger and its
         #: own deadline (monotonic; from ``timeout_seconds``): set by the integration
         self.runtime: Any = None

@@ -109,7 +109,10 @@ def drain(
     runs_held = anchor.held_by(runner)
     if runs_held is None or (mode == "ignore" and not abandon):
         return Outcome()
-    runs = runs_held.pending()
+    # a run an earlier drain of this runner gave up on (inside the flow run) is not
+    # waited for or cancelled again: its end may take a while to be seen (a Ray
+    # watcher's next round), or it runs on (a process pool's running call)
+    runs = [run for run in runs_held.pending() if run[0] not in runs_held.given_up]
     if not runs:
         return Outcome()
     log = log or logger
@@ -191,6 +194,7 @@ def cancel_runs(
     cancel raised or the runner could not stop it (a process pool's running
     call runs on and its engine reports its own end)."""
     keys = [run[0] for run in runs]
+    runs_held.given_up.update(keys)
     runs_held.cancelled.update(keys)
     if cancel_batch is not None:
         try:
