@@ -115,10 +115,12 @@ def _venv(requirement: str) -> Path:
     where = ROOT / ".venvs" / f"wrapt-{name}"
     python = where / "bin" / "python"
     stamp = where / ".pfa-ready"
-    if not stamp.exists():
+    # the package's other dependency, packaging, beside the wrapt under test
+    wanted = [requirement, "packaging"]
+    if not stamp.exists() or stamp.read_text() != " ".join(wanted):
         subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(where)], check=True, timeout=300)
-        subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python), requirement], check=True, timeout=300)
-        stamp.write_text(requirement)
+        subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python), *wanted], check=True, timeout=300)
+        stamp.write_text(" ".join(wanted))
     return python
 
 
