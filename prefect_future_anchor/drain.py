@@ -41,7 +41,8 @@ STOP_POLL = 2.0
 
 Run = Tuple[Any, str, Any]
 
-AT_BOUND = "at the flow's timeout_seconds"
+#: how a wait that gave runs up ended: at the flow's own deadline, or stopped (the run was cancelled)
+AT_BOUND, STOPPED = "at the flow's timeout_seconds", "stopped"
 
 
 def check_on_exit(value: Any) -> str:
@@ -116,19 +117,19 @@ def drain(
     if not runs:
         return Outcome()
     log = log or logger
-    stopped = timed_out = False
+    ended = ""
     if abandon:
         reason = f"unresolved when {abandon}"
     elif mode == "wait":
-        reason, stopped = _wait(runs_held, runs, timeout, log, bound, stop, hint)
-        timed_out = reason.endswith(AT_BOUND)
+        reason, ended = _wait(runs_held, runs, timeout, log, bound, stop, hint)
         still = {key for key, _name, _future in runs_held.pending()}
         runs = [run for run in runs if run[0] in still]
         if not runs:
             return Outcome()
     else:
         reason = "unresolved at the end of the flow (on_exit='cancel')"
-    return Outcome(cancel_runs(runs_held, runs, cancel, reason, log, cancel_batch), reason, stopped, timed_out)
+    cancelled = cancel_runs(runs_held, runs, cancel, reason, log, cancel_batch)
+    return Outcome(cancelled, reason, stopped=ended == STOPPED, timed_out=ended == AT_BOUND)
 
 
 def _wait(
@@ -140,12 +141,12 @@ def _wait(
     stop: Optional[Callable[[], str]],
     hint: str,
 ) -> Tuple[str, bool]:
-    """Wait for ``runs``; return why some are given up ("" if none is) and whether
-    the flow run was cancelled."""
+    """Wait for ``runs``; return why some are given up ("" if none is) and how the
+    wait ended: :data:`AT_BOUND`, :data:`STOPPED` or ""."""
     started = time.monotonic()
-    deadline, limit = started + timeout, f"after drain_timeout={timeout:g}s"
+    deadline, limit, ended = started + timeout, f"after drain_timeout={timeout:g}s", ""
     if bound is not None and bound < deadline:
-        deadline, limit = max(started, bound), AT_BOUND
+        deadline, limit, ended = max(started, bound), AT_BOUND, AT_BOUND
     log.info(
         "prefect-future-anchor: waiting up to %gs for %d unresolved task run(s) before the task runner "
         "shuts down%s: %s",
@@ -154,18 +155,18 @@ def _wait(
         hint,
         names(runs),
     )
-    keys = [key for key, _name, _future in runs]
+    keys = {key for key, _name, _future in runs}
     next_note = started + PROGRESS_EVERY
     while True:
         now = time.monotonic()
         if now >= deadline:
-            return f"still unresolved {limit}", False
+            return f"still unresolved {limit}", ended
         if runs_held.wait_released(keys, min(STEP, deadline - now)):
-            return "", False
+            return "", ""
         now = time.monotonic()
         why = stop() if stop is not None else ""
         if why:
-            return why, True
+            return why, STOPPED
         if now >= next_note:
             next_note = now + PROGRESS_EVERY
             left = sum(1 for key, _name, _future in runs_held.pending() if key in keys)
@@ -194,7 +195,6 @@ def cancel_runs(
     cancel raised or the runner could not stop it (a process pool's running
     call runs on and its engine reports its own end)."""
     keys = [run[0] for run in runs]
-    runs_held.given_up.update(keys)
     runs_held.cancelled.update(keys)
     if cancel_batch is not None:
         try:
@@ -204,6 +204,7 @@ def cancel_runs(
         except Exception as exc:
             guard.failed("batched cancel at the end of the flow", exc)
         else:
+            runs_held.given_up.update(keys)
             log.warning("prefect-future-anchor: cancelled %d task run(s) %s: %s", len(runs), reason, names(runs))
             return list(runs)
     to_report, failed = [], []
@@ -212,10 +213,12 @@ def cancel_runs(
         try:
             answer = cancel(run[2].wrapped_future)
         except Exception as exc:
+            runs_held.given_up.add(key)
             runs_held.cancelled.discard(key)
             failed.append(run)
             guard.failed("cancel at the end of the flow", exc)
             continue
+        runs_held.given_up.add(key)  # only once its cancel was made: an interruption before retries it
         if answer is False:
             runs_held.cancelled.discard(key)
         else:
