@@ -10,7 +10,7 @@ the compatibility table of docs/compatibility.md (``./run readme`` calls
 
 from __future__ import annotations
 
-from . import dask_runner, flow_engine, process_pool, ray_runner
+from . import dask_payloads, dask_runner, flow_engine, process_pool, ray_runner
 from .releases import SUPPORTED, TESTED
 
 PATCHES = (
@@ -22,6 +22,7 @@ PATCHES = (
     dask_runner.CLIENT_ONCE,
     dask_runner.CONTEXT_ONCE,
     ray_runner.CONTEXT_ONCE,
+    dask_payloads.PAYLOAD_ONCE,
     process_pool.TRACK,
     process_pool.FINAL_STATES,
     flow_engine.patch,

@@ -26,6 +26,19 @@ from conftest import runners_available
 
 RUNNERS = [r for r in ("dask", "ray") if r in runners_available()]
 
+#: The patches that change what a submit sends, each compared with stock on its
+#: own, and Dask's two together: (runner, patch names joined by "+").
+CASES = [
+    (kind, names)
+    for kind, names in (
+        ("dask", "dask.context-once"),
+        ("ray", "ray.context-once"),
+        ("dask", "dask.payload-once"),
+        ("dask", "dask.context-once+dask.payload-once"),
+    )
+    if kind in RUNNERS
+]
+
 
 def _patch(kind: str):
     if kind == "dask":
@@ -35,22 +48,30 @@ def _patch(kind: str):
     return CONTEXT_ONCE
 
 
-@pytest.mark.parametrize("kind", RUNNERS)
-def test_each_run_sees_what_stock_shows_it(kind, shim, make_runner):
+def _patches(names: str):
+    from prefect_future_anchor import registry
+
+    found = [p for p in registry.PATCHES if p.name in names.split("+")]
+    assert found and all(p.applied for p in found), f"a patch under test is not applied: {found}"
+    return found
+
+
+@pytest.mark.parametrize("kind, names", CASES)
+def test_each_run_sees_what_stock_shows_it(kind, names, shim, make_runner):
     from prefect_future_anchor import context_cache
 
     runner = make_runner(kind)
     shim()
-    patch = _patch(kind)
-    assert patch.applied, "the patch under test is not applied"
+    _patches(names)
     hits_before = context_cache.payloads.hits
 
-    seen = observed.with_options(task_runner=runner)(patch.name)
+    seen = observed.with_options(task_runner=runner)(names)
     for name in situations():
         stock = seen[name, "stock"]
         for side in ("patched", "patched again"):
             for field, value in stock.items():
-                assert seen[name, side][field] == value, f"{name}: {field} differs ({side})"
+                if field != "payload-once":  # how the run was called, not what it sees
+                    assert seen[name, side][field] == value, f"{name}: {field} differs ({side})"
             assert set(seen[name, side]) == set(stock)
     # The situations are told apart on the worker: the comparison is not vacuous.
     assert seen["tags", "stock"]["tags"] == ["blue", "green"]
@@ -64,18 +85,22 @@ def test_each_run_sees_what_stock_shows_it(kind, shim, make_runner):
         assert seen["deployment", "stock"]["runtime"]["deployment.parameters"] == {"region": "north", "size": 3}
     # The cache served submits (the second patched submit of each situation at least).
     assert context_cache.payloads.hits - hits_before >= len(situations())
+    if "payload-once" in names:  # the payloads were what the runs used
+        # (a task run's own submits are made on the worker, where the shim is not installed)
+        flow_level = [name for name, (_situation, inside_a_task) in situations().items() if not inside_a_task]
+        assert all(seen[name, side]["payload-once"] for name in flow_level for side in ("patched", "patched again"))
+        assert not any(seen[name, "stock"]["payload-once"] for name in flow_level)
 
 
-@pytest.mark.parametrize("kind", RUNNERS)
-def test_a_settings_change_in_place_reaches_the_next_run(kind, shim, make_runner):
+@pytest.mark.parametrize("kind, names", CASES)
+def test_a_settings_change_in_place_reaches_the_next_run(kind, names, shim, make_runner):
     """An assignment to the live Settings object between two submits: the second
     run sees the new value, patched as stock (an identity-keyed cache fails here)."""
     runner = make_runner(kind)
     shim()
-    patch = _patch(kind)
-    assert patch.applied, "the patch under test is not applied"
+    _patches(names)
 
-    seen = changed_in_place.with_options(task_runner=runner)(patch.name)
+    seen = changed_in_place.with_options(task_runner=runner)(names)
     assert seen == {("stock", "before"): 3, ("stock", "after"): 8, ("patched", "before"): 3, ("patched", "after"): 8}
 
 

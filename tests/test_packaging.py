@@ -29,6 +29,7 @@ WHEEL = {
     "prefect_future_anchor/bootstrap/sitecustomize.py",
     "prefect_future_anchor/cli.py",
     "prefect_future_anchor/context_cache.py",
+    "prefect_future_anchor/dask_payloads.py",
     "prefect_future_anchor/dask_runner.py",
     "prefect_future_anchor/demo.py",
     "prefect_future_anchor/drain.py",

@@ -40,11 +40,13 @@ def inspect_scheduler(dask_scheduler=None):
     gc.collect()
     s = dask_scheduler
     found = collections.Counter()
+    kinds = collections.Counter()
     sample = None
     contexts = 0
     for obj in gc.get_objects():
         kind = type(obj)
         name = f"{kind.__module__}.{kind.__qualname__}"
+        kinds[name] += 1
         if name.startswith("prefect.") or name.startswith("prefect_dask."):
             found[name] += 1
             if sample is None and name == "prefect.tasks.Task":
@@ -112,6 +114,9 @@ def inspect_scheduler(dask_scheduler=None):
         "spans": len(getattr(spans, "spans", {})) if spans is not None else None,
         "span_groups": sum(len(getattr(sp, "groups", ())) for sp in getattr(spans, "spans", {}).values()) if spans else None,
         "prefect_objects": dict(found.most_common(12)),
+        "objects": dict(kinds.most_common(25)),
+        "message_log": {address: (len(bs.recent_message_log), sum(len(b) for b in bs.recent_message_log))
+                        for address, bs in s.stream_comms.items()},
         "serialized_contexts": contexts,
         "task_kept_by": chain(sample)[:3] if sample is not None else None,
         "reachable_from": holders(),
