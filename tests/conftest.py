@@ -64,6 +64,7 @@ def expected_patches(versions) -> set:
         expected.add(f"{name}.track")
         expected.add(f"{name}.final-states")
         expected.add(f"{name}.context-once")  # every release serializes the settings per submit
+        expected.add(f"{name}.plain-walk")  # every release walks the parameters with visit_collection
         if name == "ray" and stock_warns("ray"):
             expected.add("ray.ready-del")
         if name == "dask" and client_races():
