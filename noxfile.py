@@ -113,6 +113,7 @@ UNSUPPORTED = ["tests/test_unsupported_release.py"]
 NEWEST = [
     "tests/test_final_states_real.py",
     "tests/test_context_once_real.py",
+    "tests/test_plain_walk_real.py",
     "tests/test_process_pool_real.py",
     "tests/test_exits_real.py",
     "tests/test_ray_watch_real.py",

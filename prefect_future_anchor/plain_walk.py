@@ -38,9 +38,13 @@ plain ones are returned as they are, as the stock walk returns them).
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Dict, Optional
 
 from . import guard
+
+#: How many calls the pass answered, by kind ("swap", "collect"); the others ran the stock code.
+answered: "collections.Counter[str]" = collections.Counter()
 
 #: Deeper nesting goes to stock (whose recursion is the limit there, not this pass's).
 MAX_DEPTH = 32
@@ -133,6 +137,7 @@ def collecting(
             guard.failed(where, exc)
             return stock(*args, **kwargs)
         if found == UNLINKED:
+            answered["collect"] += 1
             return set()
         return stock(*args, **kwargs)
 
@@ -188,6 +193,7 @@ def swapping(where: str, enabled: Callable[[], bool], lists_refs: bool) -> Calla
             return wrapped(*args, **kwargs)
         if split is None:
             return wrapped(*args, **kwargs)
+        answered["swap"] += 1
         if split is True:
             return (expr, []) if lists_refs else expr
         if lists_refs:
