@@ -256,14 +256,9 @@ class FinalStates(Patch):
         self.runtime.final_states = on
 
 
-class ContextOnce(Patch):
-    """The settings part of each submit's serialized context, made once per
-    settings state (:mod:`prefect_future_anchor.context_cache`).
-
-    ``holder`` is the module whose global ``serialize_context`` the runner's
-    submit calls (``reader``: ``"Class.method"`` in that module); the global is
-    replaced and put back.  Nothing the run receives changes.
-    """
+class GlobalPatch(Patch):
+    """A patch that replaces a global of ``holder``, the module whose function
+    ``reader`` (``"Class.method"`` there) calls it; switched by :attr:`on`."""
 
     def __init__(self, *args: Any, holder: str, reader: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -276,6 +271,24 @@ class ContextOnce(Patch):
 
         return importlib.import_module(self.holder)
 
+    def reads(self, holder: Any, name: str) -> bool:
+        """Whether ``reader`` in ``holder`` (unwrapped) reads the global ``name``."""
+        owner_name, _, method = self.reader.partition(".")
+        function = inspect.getattr_static(getattr(holder, owner_name, None), method, None)
+        return code_reads(getattr(function, "__wrapped__", function), name)
+
+    def switch(self, on: bool) -> None:
+        self.on = on
+
+
+class ContextOnce(GlobalPatch):
+    """The settings part of each submit's serialized context, made once per
+    settings state (:mod:`prefect_future_anchor.context_cache`).
+
+    The global replaced (and put back) is ``serialize_context``, which the
+    runner's submit calls.  Nothing the run receives changes.
+    """
+
     def problem(self, module: Any) -> Optional[str]:
         problem = super().problem(module)
         if problem is not None:
@@ -287,10 +300,7 @@ class ContextOnce(Patch):
         stock = getattr(holder, "serialize_context", None)
         if not callable(stock):
             return f"{self.holder} has no serialize_context"
-        owner_name, _, method = self.reader.partition(".")
-        function = inspect.getattr_static(getattr(holder, owner_name, None), method, None)
-        function = getattr(function, "__wrapped__", function)
-        if not code_reads(function, "serialize_context"):
+        if not self.reads(holder, "serialize_context"):
             return f"{self.holder}.{self.reader} no longer calls serialize_context"
         try:
             from prefect.context import SettingsContext, serialize_context
@@ -311,51 +321,30 @@ class ContextOnce(Patch):
         stock = holder.serialize_context
         self.replace(holder, "serialize_context", context_cache.reusing(stock, self.name, lambda: self.on))
 
-    def switch(self, on: bool) -> None:
-        self.on = on
 
-
-class PlainWalk(Patch):
+class PlainWalk(GlobalPatch):
     """Parameters of plain data checked in one tight pass instead of walked by
     ``visit_collection`` (:mod:`prefect_future_anchor.plain_walk`).
 
     ``walker``: the runner's method that swaps Prefect futures for its own
-    (``lists_refs``: it returns the upstream refs too); ``holder``: the module
-    whose global ``collect_task_run_inputs_sync`` the runner's submit path calls
-    (``reader``: ``"Class.method"`` there); ``collect_optional``: releases whose
-    reader does not call it (prefect-ray before 0.4.5) have nothing to replace
-    there.  What a run receives and records does not change.
+    (``lists_refs``: it returns the upstream refs too), wrapped; the global
+    replaced is ``collect_task_run_inputs_sync``, which the runner's submit path
+    calls (``collect_optional``: releases whose reader does not call it,
+    prefect-ray before 0.4.5, have nothing to replace there).  What a run
+    receives and records does not change.
     """
 
     _RESULTS = ("run_results", "task_run_results")
 
-    def __init__(
-        self,
-        *args: Any,
-        walker: str,
-        lists_refs: bool,
-        holder: str,
-        reader: str,
-        collect_optional: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, walker: str, lists_refs: bool, collect_optional: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.walker = walker
         self.lists_refs = lists_refs
-        self.holder = holder
-        self.reader = reader
         self.collect_optional = collect_optional
-        self.on = False
 
-    def _holder(self) -> Any:
-        import importlib
-
-        return importlib.import_module(self.holder)
-
-    def _reads_collect(self, holder: Any) -> bool:
-        owner_name, _, method = self.reader.partition(".")
-        function = inspect.getattr_static(getattr(holder, owner_name, None), method, None)
-        return code_reads(getattr(function, "__wrapped__", function), "collect_task_run_inputs_sync")
+    def collects(self, holder: Any) -> bool:
+        """Whether the runner's submit path collects the run's inputs through ``holder``'s global."""
+        return self.reads(holder, "collect_task_run_inputs_sync")
 
     def problem(self, module: Any) -> Optional[str]:
         problem = super().problem(module)
@@ -386,7 +375,7 @@ class PlainWalk(Patch):
             holder = self._holder()
         except ImportError as exc:
             return f"{self.holder} cannot be imported ({exc})"
-        if not self._reads_collect(holder):
+        if not self.collects(holder):
             if self.collect_optional:
                 return None
             return f"{self.holder}.{self.reader} no longer calls collect_task_run_inputs_sync"
@@ -432,7 +421,7 @@ class PlainWalk(Patch):
         enabled = lambda: self.on  # noqa: E731
         self.wrap_method(runner, self.walker, plain_walk.swapping(self.name, enabled, self.lists_refs))
         holder = self._holder()
-        if self._reads_collect(holder):
+        if self.collects(holder):
             from prefect.context import FlowRunContext
 
             stock = holder.collect_task_run_inputs_sync
@@ -442,6 +431,3 @@ class PlainWalk(Patch):
                 "collect_task_run_inputs_sync",
                 plain_walk.collecting(stock, self.name, enabled, FlowRunContext, attribute),
             )
-
-    def switch(self, on: bool) -> None:
-        self.on = on

@@ -23,7 +23,8 @@ or a model.  What the stock walks give for it (read in prefect 3.0.0, 3.2.0,
 - ``collect_task_run_inputs_sync`` records an input for a future, a ``State``,
   or an object whose ``id()`` is a key of the flow run's results
   (``get_state_for_result``: ``FlowRunContext.task_run_results`` up to 3.4.6,
-  ``run_results`` from 3.4.7), for the containers as well as the leaves.  An
+  a ``WeakValueDictionary`` in 3.0.x, ``run_results`` from 3.4.7), for the
+  containers as well as the leaves.  An
   element that is the very object an earlier task returned (small ints and
   interned strings are shared objects) records that task as an input.  The
   pass looks every visited object's ``id()`` up in the same mapping; when any
@@ -39,6 +40,7 @@ plain ones are returned as they are, as the stock walk returns them).
 from __future__ import annotations
 
 import collections
+import weakref
 from typing import Any, Callable, Dict, Optional
 
 from . import guard
@@ -96,14 +98,19 @@ def _container(value: Any, depth: int, results: Optional[Dict[int, Any]], seen: 
 
 
 def _results(flow_run_context: Any, attribute: str) -> Optional[Dict[int, Any]]:
-    """The flow run's results mapping ``get_state_for_result`` reads (None outside a flow run)."""
+    """The keys of the flow run's results mapping ``get_state_for_result`` reads,
+    as a dict (None outside a flow run).  prefect 3.0.x keeps it in a
+    ``WeakValueDictionary``: its ``data`` dict holds every live key (and perhaps
+    keys whose state is gone, which only send a value to the stock code)."""
     current = flow_run_context.get()
     if current is None:
         return None
     results = getattr(current, attribute)
-    if type(results) is not dict:
-        raise TypeError(f"FlowRunContext.{attribute} is a {type(results).__name__}, not a dict")
-    return results
+    if type(results) is dict:
+        return results
+    if type(results) is weakref.WeakValueDictionary and type(getattr(results, "data", None)) is dict:
+        return results.data
+    raise TypeError(f"FlowRunContext.{attribute} is a {type(results).__name__}, not a dict")
 
 
 def _unaffected(future_cls: Any, cache: Dict[Any, bool] = {}) -> bool:

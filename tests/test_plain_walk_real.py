@@ -88,7 +88,7 @@ def test_each_run_records_and_receives_what_stock_gives_it(kind, shim, make_runn
     shim()
     patch = _patch(kind)
     assert patch.applied, "the patch under test is not applied"
-    collects = patch._reads_collect(patch._holder())
+    collects = patch.collects(patch._holder())
     before = dict(plain_walk.answered)
 
     out = walk_tasks.walked.with_options(task_runner=runner)(patch.name)
@@ -111,7 +111,7 @@ def test_each_run_records_and_receives_what_stock_gives_it(kind, shim, make_runn
         assert answered["collect"] >= len(PLAIN), answered
     # ... and stock recorded the earlier run where an element is the very object it returned.
     stock = {name: inputs[str(runs[name, "stock"][0])] for name in sent}
-    if kind == "dask":  # prefect-dask collects the inputs in the flow's process and records them
+    if kind == "dask" and out["linked"]:  # prefect-dask collects the inputs in the flow's process and records them
         produced = _task_run(out["produce"])
         for name, key in (("linked elements", "xs"), ("linked elements", "ys"), ("linked containers", "xs"),
                           ("linked containers", "ys"), ("interned word", "xs"), ("nested dict", "xs"),
@@ -120,7 +120,7 @@ def test_each_run_records_and_receives_what_stock_gives_it(kind, shim, make_runn
         assert stock["flat list"]["xs"] == [] and stock["tuple and set"]["ys"] == []
         assert _task_run(out["early"]) in stock["future in a list"]["xs"]
         assert produced not in stock["quote"]["xs"]  # quoted: never looked into
-    if collects and runs["linked elements", "stock"][1]["upstream_assets"] is not None:
+    if collects and out["linked"] and runs["linked elements", "stock"][1]["upstream_assets"] is not None:
         # prefect 3.4+: the inputs collected in the flow's process name produce's asset upstream
         assert runs["linked elements", "stock"][1]["upstream_assets"] == [walk_tasks.ASSET]
         assert runs["flat list", "stock"][1]["upstream_assets"] == []
@@ -177,17 +177,20 @@ def compared():
     def compare() -> List[Any]:
         made = walk_tasks.produce()
         fast = plain_walk.collecting(collect_task_run_inputs_sync, "test", lambda: True, FlowRunContext, attribute)
-        return [(value, collect_task_run_inputs_sync(value), fast(value)) for value in _linked_values(made, random.Random(36), 400)]
+        values = _linked_values(made, random.Random(36), 400)
+        return [(value, collect_task_run_inputs_sync(value), fast(value)) for value in values], walk_tasks.linked(made[0])
 
     return compare()
 
 
 def test_the_pass_collects_what_prefect_collects(compared):
+    rows, linked_here = compared
     linked = 0
-    for value, stock, fast in compared:
+    for value, stock, fast in rows:
         assert fast == stock, f"{value!r}: {fast} != {stock}"
         linked += bool(stock)
-    assert linked >= 20, "too few generated values hold an object of produce's result: the comparison proves little"
+    if linked_here:  # not on prefect 3.0.x, whose links are gone at once (walk_tasks.linked)
+        assert linked >= 20, "too few generated values hold an object of produce's result: the comparison proves little"
 
 
 @pytest.mark.parametrize("kind", RUNNERS)
@@ -206,7 +209,7 @@ def test_the_pass_swaps_what_the_runner_swaps(kind, compared):
         runner, walker, lists_refs = RayTaskRunner(), "_exchange_prefect_for_ray_futures", True
     stock = getattr(runner, walker)
     wrapper = plain_walk.swapping("test", lambda: True, lists_refs)
-    for value, _, _ in compared:
+    for value, _, _ in compared[0]:
         for expr in (value, {"xs": value, "ys": walk_tasks.Word("w")}, {"xs": value, "n": 3}):
             want, got = stock(expr), wrapper(stock, runner, (expr,), {})
             if lists_refs:
@@ -256,7 +259,7 @@ def test_the_shims_own_failure_leaves_the_stock_walks(kind, shim, monkeypatch):
     swapped = getattr(runner, patch.walker)(value)
     assert (swapped[0] if patch.lists_refs else swapped) is value
     holder = patch._holder()
-    if patch._reads_collect(holder):
+    if patch.collects(holder):
         assert holder.collect_task_run_inputs_sync is not collect_task_run_inputs_sync
         assert holder.collect_task_run_inputs_sync([1, 2]) == set()
     assert patch.name in guard.failures()

@@ -134,4 +134,13 @@ def walked(patch_name: str) -> Dict[str, Any]:
             finally:
                 _switch(patch_name, True)
     runs = {key: (future.task_run_id, future.result()) for key, future in futures.items()}
-    return {"runs": runs, "sent": sent, "produce": made[6], "early": early.task_run_id}
+    return {"runs": runs, "sent": sent, "produce": made[6], "early": early.task_run_id, "linked": linked(made[0])}
+
+
+def linked(value: Any) -> bool:
+    """Whether Prefect finds ``value``'s run by its ``id()`` (prefect 3.0.x keeps
+    the links in a WeakValueDictionary of state copies nothing else holds: they
+    are gone at once, and stock records no such input there)."""
+    from prefect.utilities.engine import get_state_for_result
+
+    return get_state_for_result(value) is not None
