@@ -113,11 +113,15 @@ def _results(flow_run_context: Any, attribute: str) -> Optional[Dict[int, Any]]:
     raise TypeError(f"FlowRunContext.{attribute} is a {type(results).__name__}, not a dict")
 
 
-def _unaffected(future_cls: Any, cache: Dict[Any, bool] = {}) -> bool:
+_unaffected_by: Dict[Any, bool] = {}
+
+
+def _unaffected(future_cls: Any) -> bool:
     """Whether no plain type is a ``future_cls`` (then a plain walk meets no future)."""
-    found = cache.get(future_cls)
+    found = _unaffected_by.get(future_cls)
     if found is None:
-        found = cache[future_cls] = isinstance(future_cls, type) and not any(issubclass(t, future_cls) for t in _PLAIN)
+        found = isinstance(future_cls, type) and not any(issubclass(t, future_cls) for t in _PLAIN)
+        _unaffected_by[future_cls] = found
     return found
 
 
