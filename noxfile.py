@@ -114,6 +114,7 @@ NEWEST = [
     "tests/test_final_states_real.py",
     "tests/test_context_once_real.py",
     "tests/test_payload_once_real.py",
+    "tests/test_plain_walk_real.py",
     "tests/test_process_pool_real.py",
     "tests/test_exits_real.py",
     "tests/test_ray_watch_real.py",

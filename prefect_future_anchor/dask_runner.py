@@ -18,7 +18,7 @@ import weakref
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import guard
-from .patches import ContextOnce, FinalStates, Patch, Track, code_constants, code_reads
+from .patches import ContextOnce, FinalStates, Patch, PlainWalk, Track, code_constants, code_reads
 from .runtime import Runtime
 
 _creation_locks: Dict[int, "threading.RLock"] = {}
@@ -397,6 +397,26 @@ CONTEXT_ONCE = ContextOnce(
     "in-place changes give another key) and each submit gets its own copy; "
     "the flow-run, task-run, tags, asset and deployment parts are made per "
     "submit as stock does.",
+    holder="prefect_dask.client",
+    reader="PrefectDaskClient.submit",
+    **_WHERE,
+)
+
+PLAIN_WALK = PlainWalk(
+    runtime,
+    "dask.plain-walk",
+    applies=">=0.3.0",
+    why="Every DaskTaskRunner submit walks its parameters element by element "
+    "with Prefect's visit_collection twice: _optimize_futures (to swap "
+    "futures) and collect_task_run_inputs_sync (to record the run's inputs); a "
+    "20,000-element list makes a submit nine tenths those walks. A parameter "
+    "made only of plain lists, tuples, sets and dicts of ints, floats, "
+    "strings, bytes, bools and None is checked in one tight pass instead: it "
+    "is passed as it is, and its inputs are looked up by id() among the flow "
+    "run's results as stock does (any hit, and anything not plain, is walked "
+    "by the stock code).",
+    walker="_optimize_futures",
+    lists_refs=False,
     holder="prefect_dask.client",
     reader="PrefectDaskClient.submit",
     **_WHERE,

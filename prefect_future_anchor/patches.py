@@ -256,14 +256,9 @@ class FinalStates(Patch):
         self.runtime.final_states = on
 
 
-class ContextOnce(Patch):
-    """The settings part of each submit's serialized context, made once per
-    settings state (:mod:`prefect_future_anchor.context_cache`).
-
-    ``holder`` is the module whose global ``serialize_context`` the runner's
-    submit calls (``reader``: ``"Class.method"`` in that module); the global is
-    replaced and put back.  Nothing the run receives changes.
-    """
+class GlobalPatch(Patch):
+    """A patch that replaces a global of ``holder``, the module whose function
+    ``reader`` (``"Class.method"`` there) calls it; switched by :attr:`on`."""
 
     def __init__(self, *args: Any, holder: str, reader: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -276,6 +271,24 @@ class ContextOnce(Patch):
 
         return importlib.import_module(self.holder)
 
+    def reads(self, holder: Any, name: str) -> bool:
+        """Whether ``reader`` in ``holder`` (unwrapped) reads the global ``name``."""
+        owner_name, _, method = self.reader.partition(".")
+        function = inspect.getattr_static(getattr(holder, owner_name, None), method, None)
+        return code_reads(getattr(function, "__wrapped__", function), name)
+
+    def switch(self, on: bool) -> None:
+        self.on = on
+
+
+class ContextOnce(GlobalPatch):
+    """The settings part of each submit's serialized context, made once per
+    settings state (:mod:`prefect_future_anchor.context_cache`).
+
+    The global replaced (and put back) is ``serialize_context``, which the
+    runner's submit calls.  Nothing the run receives changes.
+    """
+
     def problem(self, module: Any) -> Optional[str]:
         problem = super().problem(module)
         if problem is not None:
@@ -287,10 +300,7 @@ class ContextOnce(Patch):
         stock = getattr(holder, "serialize_context", None)
         if not callable(stock):
             return f"{self.holder} has no serialize_context"
-        owner_name, _, method = self.reader.partition(".")
-        function = inspect.getattr_static(getattr(holder, owner_name, None), method, None)
-        function = getattr(function, "__wrapped__", function)
-        if not code_reads(function, "serialize_context"):
+        if not self.reads(holder, "serialize_context"):
             return f"{self.holder}.{self.reader} no longer calls serialize_context"
         try:
             from prefect.context import SettingsContext, serialize_context
@@ -311,5 +321,113 @@ class ContextOnce(Patch):
         stock = holder.serialize_context
         self.replace(holder, "serialize_context", context_cache.reusing(stock, self.name, lambda: self.on))
 
-    def switch(self, on: bool) -> None:
-        self.on = on
+
+class PlainWalk(GlobalPatch):
+    """Parameters of plain data checked in one tight pass instead of walked by
+    ``visit_collection`` (:mod:`prefect_future_anchor.plain_walk`).
+
+    ``walker``: the runner's method that swaps Prefect futures for its own
+    (``lists_refs``: it returns the upstream refs too), wrapped; the global
+    replaced is ``collect_task_run_inputs_sync``, which the runner's submit path
+    calls (``collect_optional``: releases whose reader does not call it,
+    prefect-ray before 0.4.5, have nothing to replace there).  What a run
+    receives and records does not change.
+    """
+
+    _RESULTS = ("run_results", "task_run_results")
+
+    def __init__(self, *args: Any, walker: str, lists_refs: bool, collect_optional: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.walker = walker
+        self.lists_refs = lists_refs
+        self.collect_optional = collect_optional
+
+    def collects(self, holder: Any) -> bool:
+        """Whether the runner's submit path collects the run's inputs through ``holder``'s global."""
+        return self.reads(holder, "collect_task_run_inputs_sync")
+
+    def problem(self, module: Any) -> Optional[str]:
+        problem = super().problem(module)
+        if problem is not None:
+            return problem
+        try:
+            from prefect.utilities.collections import visit_collection
+        except ImportError as exc:
+            return f"prefect.utilities.collections has moved ({exc})"
+        parameters = list(inspect.signature(visit_collection).parameters)
+        if parameters[:2] != ["expr", "visit_fn"] or not {"return_data", "max_depth", "_seen"} <= set(parameters):
+            return f"visit_collection has an unexpected signature {parameters}"
+        runner = getattr(module, self.runner_name)
+        walker = runner.__dict__.get(self.walker)
+        walker = getattr(walker, "__wrapped__", walker)
+        if not callable(walker):
+            return f"{self.runner_name}.{self.walker} is not defined on the class"
+        if len(inspect.signature(walker).parameters) != 2:
+            return f"{self.runner_name}.{self.walker} no longer takes one value"
+        if not code_reads(walker, "visit_collection") or not code_reads(walker, "wrapped_future"):
+            return f"{self.runner_name}.{self.walker} no longer swaps futures with visit_collection"
+        if getattr(getattr(module, "visit_collection", None), "__wrapped__", getattr(module, "visit_collection", None)) is not visit_collection:
+            return f"{self.module_name}.visit_collection is not prefect's visit_collection"
+        submit = runner.__dict__.get("submit")
+        if not code_reads(getattr(submit, "__wrapped__", submit), self.walker):
+            return f"{self.runner_name}.submit no longer calls {self.walker}"
+        try:
+            holder = self._holder()
+        except ImportError as exc:
+            return f"{self.holder} cannot be imported ({exc})"
+        if not self.collects(holder):
+            if self.collect_optional:
+                return None
+            return f"{self.holder}.{self.reader} no longer calls collect_task_run_inputs_sync"
+        return self._collect_problem(holder)
+
+    def _collect_problem(self, holder: Any) -> Optional[str]:
+        try:
+            from prefect.context import FlowRunContext
+            from prefect.utilities.engine import collect_task_run_inputs_sync, get_state_for_result
+        except ImportError as exc:
+            return f"prefect.utilities.engine has moved ({exc})"
+        stock = getattr(holder, "collect_task_run_inputs_sync", None)
+        if getattr(stock, "__wrapped__", stock) is not collect_task_run_inputs_sync:
+            return f"{self.holder}.collect_task_run_inputs_sync is not prefect's"
+        if list(inspect.signature(collect_task_run_inputs_sync).parameters) != ["expr", "future_cls", "max_depth"]:
+            return "collect_task_run_inputs_sync has an unexpected signature"
+        if len(collect_task_run_inputs_sync.__defaults__ or ()) != 2:
+            return "collect_task_run_inputs_sync has no default future_cls and max_depth"
+        for name in ("visit_collection", "get_state_for_result", "State", "quote"):
+            if not code_reads(collect_task_run_inputs_sync, name):
+                return f"collect_task_run_inputs_sync no longer reads {name}"
+        if self.results_attribute() is None:
+            return "get_state_for_result no longer looks results up in one FlowRunContext mapping by id()"
+        if get_state_for_result.__globals__.get("FlowRunContext") is not FlowRunContext:
+            return "get_state_for_result does not read prefect.context.FlowRunContext"
+        if self.results_attribute() not in getattr(FlowRunContext, "model_fields", {}):
+            return f"FlowRunContext has no {self.results_attribute()}"
+        return None
+
+    def results_attribute(self) -> Optional[str]:
+        """The ``FlowRunContext`` mapping ``get_state_for_result`` reads, or None."""
+        from prefect.utilities.engine import get_state_for_result
+
+        read = [name for name in self._RESULTS if code_reads(get_state_for_result, name)]
+        if len(read) != 1 or not code_reads(get_state_for_result, "id") or not code_reads(get_state_for_result, "get"):
+            return None
+        return read[0]
+
+    def wrap(self, module: Any) -> None:
+        from . import plain_walk
+
+        runner = getattr(module, self.runner_name)
+        enabled = lambda: self.on  # noqa: E731
+        self.wrap_method(runner, self.walker, plain_walk.swapping(self.name, enabled, self.lists_refs))
+        holder = self._holder()
+        if self.collects(holder):
+            from prefect.context import FlowRunContext
+
+            stock = holder.collect_task_run_inputs_sync
+            attribute = self.results_attribute()
+            self.replace(
+                holder,
+                "collect_task_run_inputs_sync",
+                plain_walk.collecting(stock, self.name, enabled, FlowRunContext, attribute),
+            )

@@ -22,7 +22,7 @@ import threading
 from typing import Any, Callable, Iterator, List, Optional
 
 from . import guard, ray_errors, ray_watch
-from .patches import ContextOnce, FinalStates, Patch, Track, code_constants, code_reads
+from .patches import ContextOnce, FinalStates, Patch, PlainWalk, Track, code_constants, code_reads
 from .ray_watch import Watcher
 from .runtime import Runtime
 
@@ -337,5 +337,22 @@ CONTEXT_ONCE = ContextOnce(
     "submit gets its own copy.",
     holder="prefect_ray.task_runners",
     reader="RayTaskRunner.submit",
+    **_WHERE,
+)
+
+PLAIN_WALK = PlainWalk(
+    runtime,
+    "ray.plain-walk",
+    applies=">=0.4.0",
+    why="The same on Ray: RayTaskRunner.submit walks its parameters with "
+    "visit_collection to swap futures (_exchange_prefect_for_ray_futures) and, "
+    "from prefect-ray 0.4.5, again per parameter to collect the run's inputs. "
+    "Plain parameters are checked in one tight pass, their inputs looked up by "
+    "id() as stock does; anything else is walked by the stock code.",
+    walker="_exchange_prefect_for_ray_futures",
+    lists_refs=True,
+    holder="prefect_ray.task_runners",
+    reader="RayTaskRunner.submit",
+    collect_optional=True,
     **_WHERE,
 )

@@ -23,6 +23,8 @@ PATCHES = (
     dask_runner.CONTEXT_ONCE,
     ray_runner.CONTEXT_ONCE,
     dask_payloads.PAYLOAD_ONCE,
+    dask_runner.PLAIN_WALK,
+    ray_runner.PLAIN_WALK,
     process_pool.TRACK,
     process_pool.FINAL_STATES,
     flow_engine.patch,

@@ -66,6 +66,7 @@ def expected_patches(versions) -> set:
         expected.add(f"{name}.context-once")  # every release serializes the settings per submit
         if name == "dask":
             expected.add("dask.payload-once")  # every release puts the Task and context in each run's spec
+        expected.add(f"{name}.plain-walk")  # every release walks the parameters with visit_collection
         if name == "ray" and stock_warns("ray"):
             expected.add("ray.ready-del")
         if name == "dask" and client_races():

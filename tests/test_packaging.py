@@ -38,6 +38,7 @@ WHEEL = {
     "prefect_future_anchor/lifecycle.py",
     "prefect_future_anchor/outcomes.py",
     "prefect_future_anchor/patches.py",
+    "prefect_future_anchor/plain_walk.py",
     "prefect_future_anchor/process_pool.py",
     "prefect_future_anchor/py.typed",
     "prefect_future_anchor/ray_client.py",

@@ -83,12 +83,12 @@ def test_in_range_rejects_a_bad_spec():
 
 # The claims of FACTS.md, row by row (every release leaves a dead worker's run RUNNING: final-states everywhere), checked against the table the guards read.
 ROWS = [
-    ("3.0.0", "0.3.0", "0.4.0", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "ray.ready-del", "flow.drain-in-run"}),
-    ("3.2.7", "0.3.3", "0.4.3", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "ray.ready-del", "flow.drain-in-run"}),
-    ("3.3.7", "0.3.5", "0.4.4", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "ray.ready-del", "dask.client-once", "flow.drain-in-run"}),
-    ("3.4.6", "0.3.5", "0.4.3", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "ray.ready-del", "dask.client-once", "flow.drain-in-run"}),
-    ("3.4.7", "0.3.6", "0.4.5", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.client-once", "flow.drain-in-run"}),
-    ("3.9.1", "0.3.7", "0.6.0", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.client-once", "process-pool.track", "process-pool.final-states", "flow.drain-in-run"}),
+    ("3.0.0", "0.3.0", "0.4.0", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.plain-walk", "ray.plain-walk", "ray.ready-del", "flow.drain-in-run"}),
+    ("3.2.7", "0.3.3", "0.4.3", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.plain-walk", "ray.plain-walk", "ray.ready-del", "flow.drain-in-run"}),
+    ("3.3.7", "0.3.5", "0.4.4", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.plain-walk", "ray.plain-walk", "ray.ready-del", "dask.client-once", "flow.drain-in-run"}),
+    ("3.4.6", "0.3.5", "0.4.3", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.plain-walk", "ray.plain-walk", "ray.ready-del", "dask.client-once", "flow.drain-in-run"}),
+    ("3.4.7", "0.3.6", "0.4.5", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.plain-walk", "ray.plain-walk", "dask.client-once", "flow.drain-in-run"}),
+    ("3.9.1", "0.3.7", "0.6.0", {"dask.track", "ray.track", "dask.final-states", "ray.final-states", "dask.context-once", "ray.context-once", "dask.payload-once", "dask.plain-walk", "ray.plain-walk", "dask.client-once", "process-pool.track", "process-pool.final-states", "flow.drain-in-run"}),
     ("2.20.17", "0.2.10", "0.3.7", set()),
 ]
 
