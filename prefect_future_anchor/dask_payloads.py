@@ -17,7 +17,8 @@ hands the call to ``distributed.Client.submit``.  There the call is rewritten:
   its own (a *payload*: ``functools.partial(run, pickled)``, computed by a
   worker like any task, so an adaptive cluster with no worker scales up for it
   as it does for the runs: nothing is scattered);
-- the run itself becomes ``dask.utils.apply(payload, (), per-run arguments)``:
+- the run itself becomes ``dask.utils.apply(payload, (), per-run arguments)``
+  (through a ``functools.partial``, see :func:`_apply`):
   its spec holds the parameters and ``wait_for`` (Dask must see the futures in
   them) and, as bytes, the task run id, its dependencies and the per-run part
   of the context (the asset context): not the ``Task``, and no Prefect model
@@ -189,6 +190,20 @@ def payloads_of(client: Any) -> Payloads:
 _creation_guard = threading.Lock()
 
 
+_APPLY: Any = None
+
+
+def _apply(apply: Any) -> Any:
+    """``dask.utils.apply`` behind a ``functools.partial`` (made once): distributed
+    before the task-spec graphs (2024.12) sends a ``(apply, func, args, kwargs)``
+    task with ``func`` as the function itself, so a payload's key in that place
+    would reach the worker as a string; a partial is a plain function to it."""
+    global _APPLY
+    if _APPLY is None:
+        _APPLY = functools.partial(apply)
+    return _APPLY
+
+
 def _split(context: dict) -> Tuple[dict, dict, tuple]:
     shared = {key: value for key, value in context.items() if key not in PER_RUN}
     per_run = {key: context[key] for key in PER_RUN if key in context}
@@ -308,7 +323,7 @@ class PayloadOnce(Patch):
         # hundred bytes, not Prefect models it would unpickle (and import prefect for).
         plain = {name: kwargs.pop(name) for name in list(kwargs) if name not in _MAY_HOLD_FUTURES}
         kwargs["packed"] = dask_pickle.dumps((per_run, plain))
-        return pickled, (apply, payload, (), kwargs), options
+        return pickled, (_apply(apply), payload, (), kwargs), options
 
 
 def _when_done(future: Any, done: Any) -> None:

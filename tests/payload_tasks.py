@@ -76,7 +76,8 @@ def ends_of_all_kinds():
 
     from prefect_future_anchor.dask_payloads import payloads_of
 
-    client = FlowRunContext.get().task_runner.client
+    runner = FlowRunContext.get().task_runner
+    client = runner.__dict__.get("_client") or runner.client  # prefect-dask before 0.3.4: no client property
     futures = [t.submit(i) for i, t in enumerate(MANY)] + [fails.submit(1), fails.submit(2)]
     blocked = waits.submit(0)
     killed = kills_its_worker.submit(0)
