@@ -280,6 +280,25 @@ def blocker(directory, name):
     Path(directory, f"{name}.done").write_text("done")
 
 
+#: Called by :func:`seed_pairs_body` once its first pair is submitted: a test's rendezvous
+#: with threads that must overlap the later submits (module-level: the flow body
+#: travels to the workers by reference, in the serialized context).
+AFTER_FIRST_PAIR = [lambda: None]
+
+
+def seed_pairs_body(pairs=10):
+    results = []
+    for i in range(pairs):
+        results.append(task2.submit(task1.submit()))
+        if i == 0:
+            AFTER_FIRST_PAIR[0]()
+    return [f.result() for f in results]
+
+
+def run_seed_pairs(runner, name="seed-pairs"):
+    return _run(seed_pairs_body, runner, name)
+
+
 def run_fire_and_forget(runner, directory, n=10):
     def fire_and_forget():
         for i in range(n):
