@@ -368,6 +368,26 @@ def run_dropping_blockers(runner, directory, n=1, timeout_seconds=None, name="dr
     return flow(dropping_blockers, name=name, task_runner=runner, timeout_seconds=timeout_seconds)(return_state=True)
 
 
+def run_dropping_blockers_async(runner, directory, n=1, timeout_seconds=None, name="dropping-blockers-async"):
+    """:func:`run_dropping_blockers` as an async flow."""
+    from pathlib import Path
+
+    async def dropping_blockers_async():
+        from prefect.runtime import flow_run
+
+        Path(directory, "flow_run_id").write_text(str(flow_run.id))
+        for i in range(n):
+            blocker.submit(directory, f"b{i}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(Path(directory, f"b{i}.pid").exists() for i in range(n)):
+            await asyncio.sleep(0.05)
+        return n
+
+    return asyncio.run(
+        flow(dropping_blockers_async, name=name, task_runner=runner, timeout_seconds=timeout_seconds)(return_state=True)
+    )
+
+
 def run_generator_dropping(runner, directory):
     """A generator flow that submits a run, keeps nothing and yields; the caller
     stops consuming after the first value (Prefect then completes the run and
