@@ -108,14 +108,21 @@ def test_uninstall_while_the_exit_drains(kind, make_runner, shim, tmp_path, reco
 def _stock_attributes(kind):
     """Every attribute a patch of this runner may replace, as its classes (and Ray) hold them now."""
     module = __import__(f"prefect_{kind}.task_runners", fromlist=["_"])
-    runner, future = {"dask": ("DaskTaskRunner", "PrefectDaskFuture"), "ray": ("RayTaskRunner", "PrefectRayFuture")}[kind]
+    runner, future = {
+        "dask": ("DaskTaskRunner", "PrefectDaskFuture"),
+        "ray": ("RayTaskRunner", "PrefectRayFuture"),
+    }[kind]
     owners = [getattr(module, runner), getattr(module, future)]
     if kind == "ray":
         import ray
 
         owners.append(ray)
     names = ("submit", "__exit__", "client", "wrapped_future", "__del__", "shutdown", "serialize_context")
-    return {(getattr(o, "__name__", o), name): o.__dict__.get(name, "<absent>") for o in owners + [module] for name in names}
+    return {
+        (getattr(owner, "__name__", owner), name): owner.__dict__.get(name, "<absent>")
+        for owner in owners + [module]
+        for name in names
+    }
 
 
 class Interleaver:
