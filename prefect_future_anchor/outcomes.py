@@ -359,12 +359,12 @@ class Reporter:
     What it keeps true: a report is in one place at a time.  It is being made (in
     ``_reports``, by key), or given up (in ``_expired``, until its owner's exit
     takes it to name it), or done (its future given the state, its ``on_done``
-    called).  A report with a deadline leaves ``_reports`` at that deadline: each
-    API call for it is bounded by it, the thread never sleeps past the earliest
-    one and gives up what is late, and an exit that stops waiting gives up its
-    own late reports itself.  An exit
-    touches its own owner's reports only: the reports of other runners in the
-    process keep their own deadlines.
+    called), or dropped after an error of the shim's own (logged once).  A report
+    with a deadline leaves ``_reports`` at that deadline: each API call for it is
+    bounded by it, the thread never sleeps past the earliest one and gives up
+    what is late, and an exit that stops waiting gives up its own late reports
+    itself.  An exit touches its own owner's reports only: the reports of other
+    runners in the process keep their own deadlines.
 
     The thread exists only while there is work.  Each round reads the runs that
     are due with one client, in batches of :data:`READ_BATCH`, and sends what

@@ -164,7 +164,7 @@ class Watcher:
 
     - the two windows (the oldest and the newest pending refs) are listed in every
       round, and rounds come at most ``IDLE_SECONDS`` apart while anything is
-      pending (``POLL_SECONDS`` during a drain);
+      pending and the watcher is not paused (``POLL_SECONDS`` during a drain);
     - the sweep is a snapshot of every pending ref, listed a slice a round from a
       cursor.  Its credit (how many refs it may list) grows with the time since the
       last round, at the pace of one whole pass per max(floor, pending ×
