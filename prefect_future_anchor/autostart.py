@@ -1,25 +1,44 @@
 """``PREFECT_FUTURE_ANCHOR=1``: switch the shim on from outside the program.
 
 Deployments, workers and containers run flow code nobody can edit, so the shim
-is switchable from the environment, as with ``ddtrace-run``.  The .pth line
-shipped in the wheel runs :func:`start` at interpreter start-up: it imports
-nothing and only puts a finder on ``sys.meta_path``.  When the program first
-imports ``prefect`` (whose own ``ProcessPoolTaskRunner`` the shim patches too),
-``prefect_dask``, ``prefect_ray`` or ``prefect_future_anchor``, the finder runs
-:func:`post_import_spec` and, once that module has loaded, :func:`activate`,
-that is ``install()``.
+is switchable from the environment, as with ``ddtrace-run``.
 
-Python 3.15 (PEP 829) replaces ``import`` lines in ``.pth`` files by entry
-points in ``<name>.start`` files, and skips the import lines of a ``.pth``
-whose ``.start`` of the same name sits beside it.  The wheel therefore also
-ships ``prefect_future_anchor-autostart.start``, naming
-``_prefect_future_anchor_autostart:run``: a top-level module (importing
-anything under ``prefect_future_anchor`` would load the whole package, wrapt
-included, into every interpreter) whose ``run()`` executes the .pth line
-itself, in a namespace of its own.  Both hooks are labelled "pth" (the
-site-packages hook).  Whichever runs second, or runs again, stops at the
-``sys.meta_path`` scan: the finder is inserted once and ``install()`` runs
-once.
+What this module keeps true: with the switch on, ``install()`` runs once per
+process, right after the first of the trigger modules (``prefect``,
+``prefect_dask``, ``prefect_ray``, ``prefect_future_anchor``) has run its own
+code and before that import returns to the program; with the switch off, an
+interpreter's start-up reads one environment variable and does nothing else.
+No step imports anything while the interpreter starts, and a step that fails
+writes one line to stderr and leaves stock Prefect.
+
+It happens in three steps:
+
+1. **At start-up**, a hook runs :func:`start`, which puts one finder on
+   ``sys.meta_path``.  Three hooks can run it, and whichever runs second (or
+   again) stops when it sees that finder (its ``prefect_future_anchor_hook``):
+
+   - the ``.pth`` line shipped in site-packages (:func:`pth_line`, hook "pth");
+   - on Python 3.15+ (PEP 829), which skips the import lines of a ``.pth``
+     whose ``.start`` file of the same name sits beside it, the ``.start``
+     entry point (:func:`start_text`), a top-level module
+     (:func:`entry_module_text`) that runs the same ``.pth`` line (hook "pth"
+     too).  It is not under ``prefect_future_anchor``: importing that would load
+     the whole package, wrapt included, into every interpreter;
+   - ``prefect-future-anchor run``'s ``sitecustomize`` (``bootstrap/``, hook
+     "sitecustomize"), for an install whose site-packages has no ``.pth``.
+
+   The ``.pth`` line cannot import this module, so it carries :func:`start`'s
+   own source as text (:func:`_hook_code`); the generated files are written by
+   ``python -m prefect_future_anchor.autostart`` and tests/test_activation.py
+   checks they match.
+2. **At the first import of a trigger**, the finder runs this file's source
+   (the import system holds its lock there, so nothing is imported) and
+   :func:`post_import_spec` gives the spec the other finders give, with its
+   loader wrapped in :class:`_ActivateAfter`.
+3. **Once that module has run**, :class:`_ActivateAfter` removes the finder
+   and calls :func:`activate`, that is ``install()``, once
+   (:data:`activation`); ``install()`` reads PREFECT_FUTURE_ANCHOR_ON_EXIT /
+   _DRAIN_TIMEOUT itself.
 """
 
 import _thread
@@ -80,6 +99,8 @@ def start(hook):
             )
 
         class Finder:
+            """Finds nothing itself: for a trigger, the other finders' spec, made to activate."""
+
             prefect_future_anchor_hook = hook
             triggers = ("prefect_future_anchor", "prefect", "prefect_dask", "prefect_ray") if on else ()
             post_import_spec = None
@@ -92,17 +113,7 @@ def start(hook):
                 self.busy.add(me)
                 try:
                     if self.post_import_spec is None:
-                        for other in sys.meta_path:
-                            package = other is not self and getattr(other, "find_spec", None)
-                            package = package and package("prefect_future_anchor", None)
-                            if package:
-                                break
-                        file = os.path.join(package.submodule_search_locations[0], "autostart.py")
-                        with open(file, "rb") as source:
-                            code = compile(source.read(), file, "exec")
-                        namespace = {"__name__": "prefect_future_anchor.autostart", "__file__": file}
-                        exec(code, namespace)  # no import: the import lock is held here
-                        self.post_import_spec = namespace["post_import_spec"]
+                        self.post_import_spec = self.load_post_import_spec()
                     return self.post_import_spec(self, name, path, target)
                 except Exception as error:
                     self.triggers = ()
@@ -113,6 +124,20 @@ def start(hook):
                     return None
                 finally:
                     self.busy.discard(me)
+
+            def load_post_import_spec(self):
+                """autostart.py's post_import_spec, run from its source (no import: the import lock is held)."""
+                for other in sys.meta_path:
+                    package = other is not self and getattr(other, "find_spec", None)
+                    package = package and package("prefect_future_anchor", None)
+                    if package:
+                        break
+                file = os.path.join(package.submodule_search_locations[0], "autostart.py")
+                with open(file, "rb") as source:
+                    code = compile(source.read(), file, "exec")
+                namespace = {"__name__": "prefect_future_anchor.autostart", "__file__": file}
+                exec(code, namespace)
+                return namespace["post_import_spec"]
 
         sys.meta_path.insert(0, Finder())  # with an unrecognised value: an inert marker
     except Exception as error:
@@ -159,9 +184,18 @@ class _ActivateAfter:
         try:
             self.loader.exec_module(module)
         finally:
-            module.__loader__ = self.loader
-            if getattr(getattr(module, "__spec__", None), "loader", None) is self:
-                module.__spec__.loader = self.loader
+            self._hand_back_loader(module)
+        self._activate(module)
+
+    def _hand_back_loader(self, module):
+        """The module keeps its own loader: nothing of the shim's stays on it."""
+        module.__loader__ = self.loader
+        if getattr(getattr(module, "__spec__", None), "loader", None) is self:
+            module.__spec__.loader = self.loader
+
+    def _activate(self, module):
+        """The finder's work is done: remove it, then :func:`activate` (imported now:
+        the module has run, the import lock is no longer needed for it)."""
         if self.finder in sys.meta_path:
             sys.meta_path.remove(self.finder)
         try:
@@ -176,35 +210,40 @@ class _ActivateAfter:
 
 
 def activate(hook, module=None):
-    """install() once; it reads PREFECT_FUTURE_ANCHOR_ON_EXIT / _DRAIN_TIMEOUT itself.
+    """install() once, remembering which ``hook`` did it (:data:`activated_by`)
+    and how it went (:data:`activation`).
 
     ``module`` is the trigger module, executed but still flagged as importing:
     when it is itself a patched module (``prefect``: its process pool) it is patched
     here, as a post-import hook would, before the import returns to the program.
+    After a failure nothing is tried again.
     """
     global activated_by, activation
     with _lock:
-        if activation is not None:
-            if activation == "installed":
-                # another trigger module finished importing on another thread:
-                # let install() patch what was still half imported before
-                from prefect_future_anchor import lifecycle
+        if activation is None:
+            activated_by = hook
+            try:
+                _install_and_patch(module)
+            except Exception as exc:
+                activation = "failed: %r" % (exc,)
+                raise
+        elif activation == "installed":
+            # another trigger finished importing on another thread: install()
+            # patches what was still half imported before
+            _install_and_patch(module)
 
-                lifecycle.install()
-                if module is not None:
-                    lifecycle._on_import(module)
-            return
-        activated_by = hook
-        try:
-            from prefect_future_anchor import lifecycle
 
-            lifecycle.install()
-            activation = "installed"
-            if module is not None:
-                lifecycle._on_import(module)
-        except Exception as exc:
-            activation = "failed: %r" % (exc,)
-            raise
+def _install_and_patch(module):
+    """``install()`` (:data:`activation` says "installed" once it returned), then the
+    trigger ``module`` if the shim patches it.  The package is imported here, only
+    once activated."""
+    global activation
+    from prefect_future_anchor import lifecycle
+
+    lifecycle.install()
+    activation = "installed"
+    if module is not None:
+        lifecycle._on_import(module)
 
 
 def waiting_hook():

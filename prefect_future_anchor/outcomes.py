@@ -356,12 +356,22 @@ def _names(keys_names: Iterable[Tuple[Any, str]]) -> str:
 class Reporter:
     """One daemon thread that makes every API call of the final states.
 
-    It exists only while there is work.  Each round reads the runs that are due
-    with one client and sends what they need over one events connection; a run
-    waiting for the recorder is read again after :data:`POLL`, one whose API
-    could not be reached after :data:`RETRY`, until its deadline (set by the
-    runner's exit).  Whatever happens in a round, the thread goes on, or is
-    replaced at the next report.
+    What it keeps true: a report is in one place at a time.  It is being made (in
+    ``_reports``, by key), or given up (in ``_expired``, until its owner's exit
+    takes it to name it), or done (its future given the state, its ``on_done``
+    called), or dropped after an error of the shim's own (logged once).  A report
+    with a deadline leaves ``_reports`` at that deadline: each API call for it is
+    bounded by it, the thread never sleeps past the earliest one and gives up
+    what is late, and an exit that stops waiting gives up its own late reports
+    itself.  An exit touches its own owner's reports only: the reports of other
+    runners in the process keep their own deadlines.
+
+    The thread exists only while there is work.  Each round reads the runs that
+    are due with one client, in batches of :data:`READ_BATCH`, and sends what
+    they need over one events connection.  A run waiting for the recorder is
+    read again after :data:`POLL` (later when the reads were slow), one whose
+    API could not be reached after :data:`RETRY`.  Whatever happens in a round,
+    the thread goes on, or is replaced at the next report.
     """
 
     def __init__(self) -> None:
@@ -392,37 +402,47 @@ class Reporter:
             return [(r.key, r.name) for r in self._reports.values()]
 
     def wait(self, owner: Any, deadline: float) -> List[Tuple[Any, str, bool]]:
-        """Give the reports ``owner`` (a runner's runs; None: every report) until
+        """Give the reports of ``owner`` (a runner's runs; None: every report) until
         ``deadline`` (monotonic): what is not done by then is given up.  Waits
-        only for the thread, so the bound is hard; another owner's reports keep
-        their own deadlines.  Returns (key, name, whether it was sent) of ``owner``'s
-        reports given up (one sent may still be stored by the API's recorder)."""
-
-        def mine(report_owner: Any) -> bool:
-            return owner is None or report_owner is owner
-
+        only for the thread, so the bound is hard.  Returns (key, name, whether it
+        was sent) of ``owner``'s reports given up (one sent may still be stored by
+        the API's recorder)."""
         with self._changed:
-            wanted = {key for key, report in self._reports.items() if mine(report.owner)}
-            for key in wanted:
-                report = self._reports[key]
-                if report.deadline is None or report.deadline > deadline:
-                    report.deadline = deadline
-            if wanted:
-                self._start()
-            self._changed.notify_all()
+            wanted = self._bring_forward(owner, deadline)
             self._changed.wait_for(lambda: not wanted & set(self._reports), timeout=max(0.0, deadline - time.monotonic()))
             for key in wanted:
                 if key in self._reports:
                     self._give_up(self._reports[key])
-            given_up = [(key, name, sent) for key, (name, who, sent) in self._expired.items() if mine(who)]
-            for key, _name, _sent in given_up:
-                del self._expired[key]
-            return given_up
+            return self._take_expired(owner)
 
     def flush(self, timeout: float) -> bool:
         """Give every report queued so far ``timeout`` seconds (the runner's exit);
         True if all were made, else one log line names the runs given up."""
         return not _name_unreported(self.wait(None, time.monotonic() + timeout), timeout)
+
+    @staticmethod
+    def _owned_by(owner: Any, report_owner: Any) -> bool:
+        return owner is None or report_owner is owner
+
+    def _bring_forward(self, owner: Any, deadline: float) -> set:
+        """(Under the lock.)  Give ``owner``'s reports ``deadline`` at the latest and
+        wake the thread for them; their keys."""
+        wanted = {key for key, report in self._reports.items() if self._owned_by(owner, report.owner)}
+        for key in wanted:
+            report = self._reports[key]
+            if report.deadline is None or report.deadline > deadline:
+                report.deadline = deadline
+        if wanted:
+            self._start()
+        self._changed.notify_all()
+        return wanted
+
+    def _take_expired(self, owner: Any) -> List[Tuple[Any, str, bool]]:
+        """(Under the lock.)  Hand ``owner`` its given-up reports, forgetting them."""
+        mine = [(key, name, sent) for key, (name, who, sent) in self._expired.items() if self._owned_by(owner, who)]
+        for key, _name, _sent in mine:
+            del self._expired[key]
+        return mine
 
     # -- the thread --------------------------------------------------------------
     def _run(self) -> None:
@@ -443,50 +463,52 @@ class Reporter:
         """One round over the due reports; False when there is nothing left."""
         with self._changed:
             now = time.monotonic()
-            for report in list(self._reports.values()):
-                if report.deadline is not None and now >= report.deadline:
-                    self._give_up(report)
+            self._give_up_late(now)
             if not self._reports:
                 return False
             due = [r for r in self._reports.values() if r.due <= now]
             if not due:
-                wake = min(min(r.due, r.deadline or r.due) for r in self._reports.values())
-                self._changed.wait(max(0.0, wake - now))
+                self._sleep_until_next(now)
                 return True
-        groups: Dict[int, List[Report]] = {}
-        for report in due:
-            groups.setdefault(id(report.context), []).append(report)
-        for group in groups.values():
-            context = group[0].context
+        for context, group in self._by_context(due):
             if context is not None:
                 context.copy().run(self._serve, group)
             else:
                 self._serve(group)
         return True
 
+    def _give_up_late(self, now: float) -> None:
+        """(Under the lock.)  Give up every report whose deadline has passed."""
+        for report in list(self._reports.values()):
+            if report.deadline is not None and now >= report.deadline:
+                self._give_up(report)
+
+    def _sleep_until_next(self, now: float) -> None:
+        """(Under the lock.)  Sleep until a report is due or a deadline comes, whichever
+        is first (a new report or a waiter wakes it sooner)."""
+        wake = min(min(r.due, r.deadline or r.due) for r in self._reports.values())
+        self._changed.wait(max(0.0, wake - now))
+
+    @staticmethod
+    def _by_context(reports: List[Report]) -> List[Tuple[Any, List[Report]]]:
+        """``reports`` grouped by the flow context they are made in (its API settings)."""
+        groups: Dict[int, List[Report]] = {}
+        for report in reports:
+            groups.setdefault(id(report.context), []).append(report)
+        return [(group[0].context, group) for group in groups.values()]
+
     def _serve(self, group: List[Report]) -> None:
-        """Read the group's runs (a batch per :data:`READ_BATCH`) and send what they
-        need over one events connection (in the flow's context: its API settings,
-        its logger)."""
+        """Read the group's runs, then send what they need over one events
+        connection (in the flow's context: its API settings, its logger); finish
+        the reports that are done."""
         bound = min([CALL_TIMEOUT] + [r.deadline - time.monotonic() for r in group if r.deadline is not None])
         try:
             with _client(max(0.1, bound)) as client:
-                reading = 0.0
-                for start in range(0, len(group), READ_BATCH):
-                    reading += self._observe(client, group[start:start + READ_BATCH])
-            pause = time.monotonic() + min(READ_PAUSE * reading, MAX_PAUSE)
-            for report in group:
-                report.due = max(report.due, pause)
-            outgoing = [r for r in group if r.outgoing is not None and r.outcome is None]
-            if outgoing:
-                try:
-                    _send([r.outgoing for r in outgoing], max(0.1, bound))
-                    sent = time.monotonic()
-                    for report in outgoing:
-                        report.outgoing, report.sent_at = None, sent
-                except BaseException as exc:
-                    for report in outgoing:
-                        self._failed(report, exc)
+                reading = sum(
+                    self._observe(client, group[start:start + READ_BATCH]) for start in range(0, len(group), READ_BATCH)
+                )
+            self._pause_after_reads(group, reading)
+            self._send_outgoing(group, bound)
         except BaseException as exc:
             for report in group:
                 if report.outcome is None:
@@ -515,7 +537,33 @@ class Reporter:
             self._landed_at = now
         return now - started
 
+    @staticmethod
+    def _pause_after_reads(group: List[Report], reading: float) -> None:
+        """Read the group again no sooner than :data:`READ_PAUSE` times the time its
+        reads took (at most :data:`MAX_PAUSE`): the recorder shares the server."""
+        pause = time.monotonic() + min(READ_PAUSE * reading, MAX_PAUSE)
+        for report in group:
+            report.due = max(report.due, pause)
+
+    def _send_outgoing(self, group: List[Report], bound: float) -> None:
+        """Send the state events the group's unfinished reports need, in one connection."""
+        outgoing = [r for r in group if r.outgoing is not None and r.outcome is None]
+        if not outgoing:
+            return
+        try:
+            _send([r.outgoing for r in outgoing], max(0.1, bound))
+        except BaseException as exc:
+            for report in outgoing:
+                self._failed(report, exc)
+            return
+        sent = time.monotonic()
+        for report in outgoing:
+            report.outgoing, report.sent_at = None, sent
+
     def _failed(self, report: Report, exc: BaseException) -> None:
+        """An API call for ``report`` raised: try again after :data:`RETRY` if the API
+        could not be reached (give up now if it refused and an exit waits); drop
+        the report on any other error (the shim's own)."""
         if _unreachable(exc):
             if report.deadline is not None and _refused(exc):
                 with self._changed:  # the exit waits: the server is down, say so now
@@ -528,6 +576,7 @@ class Reporter:
             self._drop(report)
 
     def _finish(self, report: Report) -> None:
+        """Give the future what the API ended with, tell ``on_done``, drop the report."""
         try:
             how, state = report.outcome
             _give(report.future, state if how != UNRECORDED else report.local)

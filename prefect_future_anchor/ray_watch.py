@@ -158,13 +158,34 @@ class _Entry:
 class Watcher:
     """One daemon thread that calls back when ObjectRefs become ready, fetching nothing.
 
-    It sleeps on a condition while nothing is pending.  Each round is one
-    non-blocking ``probe`` of a bounded list of refs (module docstring), paced
-    on the condition, so :meth:`pause` and new runs wake it at once.  Callbacks
-    run on this thread, never on Ray's own, never under the lock.  Before each
-    probe it checks ``ray.is_initialized()``: ``ray.wait`` on a Ray that is down
-    would start a new one.  Finding Ray down, it gives up on every pending ref
-    (their ``on_lost``) and stops until the next :meth:`watch`.
+    What it keeps true: every pending ref is listed by a probe within the release
+    bound (module docstring), while a round lists only a bounded number of refs.
+    Three lists share the work, and each keeps one part of that promise:
+
+    - the two windows (the oldest and the newest pending refs) are listed in every
+      round, and rounds come at most ``IDLE_SECONDS`` apart while anything is
+      pending and the watcher is not paused (``POLL_SECONDS`` during a drain);
+    - the sweep is a snapshot of every pending ref, listed a slice a round from a
+      cursor.  Its credit (how many refs it may list) grows with the time since the
+      last round, at the pace of one whole pass per max(floor, pending ×
+      ``SWEEP_PER_PENDING``) seconds, but never costing more than ``SWEEP_BUDGET``
+      of a core.  A new snapshot is taken only when the cursor reaches the end, so a
+      ref pending when a pass starts is listed in that pass, and one watched later
+      in the next;
+    - a ref is dropped from the sweep (its slot set to None) as soon as it is
+      released, so the sweep holds no ref Ray could otherwise free.
+
+    Everything else only tunes the cost: the windows grow and shrink with what they
+    found (:meth:`_resize_windows`), rounds space out when they find little
+    (:meth:`_schedule_next_round`), and the per-ref cost that caps the sweep is
+    measured on the round's own thread CPU (:meth:`_learn_cost_per_ref`).
+
+    It sleeps on a condition while nothing is pending, and :meth:`pause` and a first
+    new run wake it at once.  Callbacks run on this thread, never on Ray's own,
+    never under the lock.  Before each probe it checks ``ray.is_initialized()``:
+    ``ray.wait`` on a Ray that is down would start a new one.  Finding Ray down, it
+    gives up on every pending ref (their ``on_lost``) and stops until the next
+    :meth:`watch`.
     """
 
     oldest = 256
@@ -293,12 +314,13 @@ class Watcher:
             self._lose_all(me)
             return False
         with self._changed:
-            self._follow(refs, ready, front, back)
+            self._resize_windows(refs, ready, front, back)
             callbacks = [on_ready for ref in ready for on_ready, _lost in self._take(ref)]
             # The whole round's CPU paces the sweep (planning, probe and bookkeeping),
             # counted only for a round that probed (not one that found Ray's lock taken).
             cost = time.thread_time() - started if self.rounds != rounds else 0.0
-            self._paced(len(refs), len(ready), cost)
+            self._learn_cost_per_ref(len(refs), cost)
+            self._schedule_next_round(len(ready))
         del refs, ready
         for callback in callbacks:
             try:
@@ -331,23 +353,35 @@ class Watcher:
     # -- bookkeeping (under the lock) ---------------------------------------------------
 
     def _plan(self, now: float) -> Tuple[List[Any], int, int]:
-        """This round's refs (the oldest, the newest and a budgeted slice of the sweep),
-        and how many of them lead the list as the oldest and then the newest."""
-        pending = self._pending
-        n = len(pending)
-        floor = DRAIN_SWEEP_FLOOR if self._hurried else SWEEP_FLOOR
-        rate = min(n / max(floor, n * SWEEP_PER_PENDING), SWEEP_BUDGET / self._per_ref)  # refs per second
-        self._credit = min(self.max_chunk, self._credit + (now - self._last) * rate)
-        self._last = now
+        """This round's refs: the oldest, then the newest, then what the sweep's
+        credit pays for; and how many lead the list as the oldest and the newest."""
+        self._earn_sweep_credit(now)
         front, back = min(self._front, self.oldest), min(self._back, self.newest)
-        if n <= front + back:
-            return list(pending), n, 0
-        refs = list(islice(pending, front))
-        refs += islice(reversed(pending.keys()), back)
+        if len(self._pending) <= front + back:
+            return list(self._pending), len(self._pending), 0
+        refs = list(islice(self._pending, front))
+        refs += islice(reversed(self._pending.keys()), back)
+        return refs + self._spend_sweep_credit(refs), front, back
+
+    def _earn_sweep_credit(self, now: float) -> None:
+        """Add the refs the sweep may list for the time since the last round: at a
+        pace that passes over every pending ref once per max(floor, pending ×
+        ``SWEEP_PER_PENDING``) seconds, capped at ``SWEEP_BUDGET`` of a core by the
+        measured cost per ref; never more than ``max_chunk`` saved up."""
+        n = len(self._pending)
+        floor = DRAIN_SWEEP_FLOOR if self._hurried else SWEEP_FLOOR
+        per_second = min(n / max(floor, n * SWEEP_PER_PENDING), SWEEP_BUDGET / self._per_ref)
+        self._credit = min(self.max_chunk, self._credit + (now - self._last) * per_second)
+        self._last = now
+
+    def _spend_sweep_credit(self, listed: List[Any]) -> List[Any]:
+        """The next refs of the sweep, as many as the credit pays for, skipping those
+        already ``listed`` (the windows) and those released.  At the end of the
+        snapshot a new one is taken, at most once a round."""
         want = int(self._credit)
         if want <= 0:
-            return refs, front, back
-        listed = set(refs)
+            return []
+        skip = set(listed)
         chunk: List[Any] = []
         restarted = False
         while len(chunk) < want:
@@ -355,19 +389,26 @@ class Watcher:
                 if restarted:
                     break
                 restarted = True
-                listed.update(chunk)  # the new pass may list again what the old one's tail did
+                skip.update(chunk)  # the new pass may list again what the old one's tail did
                 self._restart_sweep()
                 continue
             # A slice at a time (C-level), not a ref at a time: the planning was half a
-            # round's cost.  Taken refs are None in the sweep; windows' refs are skipped.
+            # round's cost.  Released refs are None in the sweep.
             start = self._cursor
             part = self._sweep[start:start + want - len(chunk)]
             self._cursor = start + len(part)
-            chunk += [ref for ref in part if ref is not None and ref not in listed]
+            chunk += [ref for ref in part if ref is not None and ref not in skip]
         self._credit -= len(chunk)
-        return refs + chunk, front, back
+        return chunk
 
-    def _follow(self, refs: List[Any], ready: List[Any], front: int, back: int) -> None:
+    def _restart_sweep(self) -> None:
+        """A new pass: a snapshot of every pending ref, each told its slot."""
+        sweep = self._sweep = list(self._pending)
+        for slot, ref in enumerate(sweep):
+            self._pending[ref].slot = slot
+        self._cursor = 0
+
+    def _resize_windows(self, refs: List[Any], ready: List[Any], front: int, back: int) -> None:
         """Size the next round's windows by what this round found in each (its first
         ``front`` refs, then ``back``): four times as many, so a burst at the front
         widens them fast and a quiet flow keeps them small; never below the floors."""
@@ -380,17 +421,18 @@ class Watcher:
         self._front = max(MIN_OLDEST, 4 * found_front)
         self._back = max(MIN_NEWEST, 4 * found_back)
 
-    def _restart_sweep(self) -> None:
-        sweep = self._sweep = list(self._pending)
-        for slot, ref in enumerate(sweep):
-            self._pending[ref].slot = slot
-        self._cursor = 0
-
-    def _paced(self, listed: int, found: int, cost: float) -> None:
+    def _learn_cost_per_ref(self, listed: int, cost: float) -> None:
+        """Fold this round's thread CPU per ref listed into the moving average that
+        caps the sweep (rounds that listed few refs say more of the call's fixed
+        cost than of the refs, and are left out)."""
         if listed >= PACE_MIN_LISTED and cost > 0:
             self._per_ref = max(1e-7, 0.8 * self._per_ref + 0.2 * cost / listed)
-        # The next interval is the one that would have found about FEW at this
-        # round's rate (twice this one after a round that found nothing).
+
+    def _schedule_next_round(self, found: int) -> None:
+        """The next round comes after the interval that would have found about
+        ``FEW`` ready refs at this round's rate (twice this one after a round that
+        found nothing), kept between ``POLL_SECONDS`` and ``IDLE_SECONDS``; every
+        ``POLL_SECONDS`` while a drain waits."""
         wanted = self._interval * FEW / found if found else self._interval * 2
         self._interval = POLL_SECONDS if self._hurried else min(IDLE_SECONDS, max(POLL_SECONDS, wanted))
         self._due = self._last + self._interval

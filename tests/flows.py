@@ -280,6 +280,25 @@ def blocker(directory, name):
     Path(directory, f"{name}.done").write_text("done")
 
 
+#: Called by :func:`seed_pairs_body` once its first pair is submitted: a test's rendezvous
+#: with threads that must overlap the later submits (module-level: the flow body
+#: travels to the workers by reference, in the serialized context).
+AFTER_FIRST_PAIR = [lambda: None]
+
+
+def seed_pairs_body(pairs=10):
+    results = []
+    for i in range(pairs):
+        results.append(task2.submit(task1.submit()))
+        if i == 0:
+            AFTER_FIRST_PAIR[0]()
+    return [f.result() for f in results]
+
+
+def run_seed_pairs(runner, name="seed-pairs"):
+    return _run(seed_pairs_body, runner, name)
+
+
 def run_fire_and_forget(runner, directory, n=10):
     def fire_and_forget():
         for i in range(n):
@@ -347,6 +366,26 @@ def run_dropping_blockers(runner, directory, n=1, timeout_seconds=None, name="dr
         return n
 
     return flow(dropping_blockers, name=name, task_runner=runner, timeout_seconds=timeout_seconds)(return_state=True)
+
+
+def run_dropping_blockers_async(runner, directory, n=1, timeout_seconds=None, name="dropping-blockers-async"):
+    """:func:`run_dropping_blockers` as an async flow."""
+    from pathlib import Path
+
+    async def dropping_blockers_async():
+        from prefect.runtime import flow_run
+
+        Path(directory, "flow_run_id").write_text(str(flow_run.id))
+        for i in range(n):
+            blocker.submit(directory, f"b{i}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(Path(directory, f"b{i}.pid").exists() for i in range(n)):
+            await asyncio.sleep(0.05)
+        return n
+
+    return asyncio.run(
+        flow(dropping_blockers_async, name=name, task_runner=runner, timeout_seconds=timeout_seconds)(return_state=True)
+    )
 
 
 def run_generator_dropping(runner, directory):

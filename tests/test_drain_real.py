@@ -105,6 +105,161 @@ def test_uninstall_while_the_exit_drains(kind, make_runner, shim, tmp_path, reco
     assert prefect_future_anchor.wait_released(60)
 
 
+def _stock_attributes(kind):
+    """Every attribute a patch of this runner may replace, as its classes (and Ray) hold them now."""
+    module = __import__(f"prefect_{kind}.task_runners", fromlist=["_"])
+    runner, future = {
+        "dask": ("DaskTaskRunner", "PrefectDaskFuture"),
+        "ray": ("RayTaskRunner", "PrefectRayFuture"),
+    }[kind]
+    owners = [getattr(module, runner), getattr(module, future)]
+    if kind == "ray":
+        import ray
+
+        owners.append(ray)
+    names = ("submit", "__exit__", "client", "wrapped_future", "__del__", "shutdown", "serialize_context")
+    return {
+        (getattr(owner, "__name__", owner), name): owner.__dict__.get(name, "<absent>")
+        for owner in owners + [module]
+        for name in names
+    }
+
+
+class Interleaver:
+    """Makes another thread's install() / uninstall() land at named lines of the flow
+    thread, deterministically: a trace function on the flow thread stops at each
+    step's line (source text, not a number), hands the step's action to the other
+    thread and waits until it is done.  Real code on both sides; only the timing
+    is chosen."""
+
+    def __init__(self, steps):
+        import queue
+
+        #: (function, text of its line, "install" | "uninstall"), in the order they must happen
+        self.steps = [(function.__code__, _line_of(function, text), action) for function, text, action in steps]
+        self.todo, self.done = queue.Queue(), queue.Queue()
+        self.codes = {code for code, _line, _action in self.steps}
+        self.log = []  # (line, action, whether the shim was installed when the action came)
+
+    def start_here(self):
+        """Called on the flow thread: trace it from the caller's frame on."""
+        import sys
+
+        sys.settrace(self._call)
+        sys._getframe(1).f_trace = self._line
+
+    def stop(self):
+        import sys
+
+        sys.settrace(None)
+
+    def _call(self, frame, event, arg):
+        return self._line if frame.f_code in self.codes else None
+
+    def _line(self, frame, event, arg):
+        if event == "line" and self.steps and (frame.f_code, frame.f_lineno) == self.steps[0][:2]:
+            _code, line, action = self.steps.pop(0)
+            self.todo.put((line, action))
+            outcome = self.done.get(timeout=120)
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return self._line
+
+    def serve(self):
+        """The other thread: run each action when the flow thread stops for it."""
+        while True:
+            step = self.todo.get(timeout=300)
+            if step is None:
+                return
+            line, action = step
+            try:
+                self.log.append((line, action, prefect_future_anchor.is_installed()))
+                getattr(prefect_future_anchor, action)()
+                self.done.put(None)
+            except BaseException as exc:  # pragma: no cover - raised on the flow thread
+                self.done.put(exc)
+
+
+def _line_of(function, text):
+    import inspect
+
+    lines, first = inspect.getsourcelines(function)
+    found = [first + i for i, line in enumerate(lines) if text in line]
+    assert len(found) == 1, f"{text!r} is not one line of {function.__qualname__}"
+    return found[0]
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_uninstall_lands_inside_submit_and_the_exit(kind, make_runner, shim, tmp_path, records, monkeypatch):
+    """Issue 35, section 7: uninstall() from another thread lands inside a real
+    runner's wrapped ``submit`` (before the stock submit, after it, between holding
+    the run and asking to be told of its end) and inside its wrapped ``__exit__``
+    (before the drain); install() comes back between the seed's pairs.  Every run
+    ends with its result, every run the shim held is released (no drain waits out
+    its timeout), nothing of the shim fails or warns, the last uninstall() puts back
+    exactly the stock attributes, and a later flow is stock (it loses
+    fire-and-forget runs and the shim says nothing).  Stock control first: the same
+    flow, no shim, gives the same results."""
+    import threading
+
+    from prefect_future_anchor import guard
+    from prefect_future_anchor.runtime import Runtime
+
+    stock = _stock_attributes(kind)
+    assert flows.run_seed_pairs(make_runner(kind), "seed-pairs-stock") == [84] * 10
+
+    inside = [
+        (Runtime.submit_wrapper, "future = wrapped(*args, **kwargs)"),
+        (Runtime.submit_wrapper, "if self.tracking:"),
+        (Runtime._hold, "raw = future.wrapped_future"),
+        (Runtime._hold, "self.when_done(raw, done, release)"),
+    ]
+    next_pair = (flows.seed_pairs_body, "results.append(task2.submit(task1.submit()))", "install")
+    # the shim is installed when the flow starts: pair 2's first submit meets the first
+    # point; install() before each later pair, uninstall() at the next point (pairs 2-9)
+    points = [point + ("uninstall",) for point in inside * 2]
+    steps = points[:1]
+    for point in points[1:]:
+        steps += [next_pair, point]
+    steps += [
+        (flows.seed_pairs_body, "return [f.result() for f in results]", "install"),
+        (Runtime.exit_wrapper, "self.finish(instance,", "uninstall"),
+    ]
+    interleaver = Interleaver(steps)
+
+    failures = guard.failures()
+    records.records.clear()
+    # Every run is kept and resolved before the exit: a drain that waits this long
+    # waits for a run whose release was lost.  (From the environment: each install()
+    # of the interleaving reads it again.)
+    monkeypatch.setenv("PREFECT_FUTURE_ANCHOR_DRAIN_TIMEOUT", "30")
+    shim()
+    other = threading.Thread(target=interleaver.serve)
+    other.start()
+    flows.AFTER_FIRST_PAIR[0] = interleaver.start_here
+    try:
+        results = flows.run_seed_pairs(make_runner(kind), "seed-pairs-interleaved")
+    finally:
+        interleaver.stop()
+        flows.AFTER_FIRST_PAIR[0] = lambda: None
+        interleaver.todo.put(None)
+        other.join(300)
+    assert interleaver.steps == [], "every step was reached"
+    assert all(installed != (action == "install") for _line, action, installed in interleaver.log), interleaver.log
+    assert results == [84] * 10
+    assert guard.failures() == failures
+    assert records.messages(logging.WARNING, "prefect-future-anchor") == []
+    prefect_future_anchor.uninstall()
+    assert _stock_attributes(kind) == stock
+    assert prefect_future_anchor.wait_released(60)
+
+    # a later flow is stock: it loses fire-and-forget runs and the shim says nothing
+    records.records.clear()
+    flows.run_fire_and_forget(make_runner(kind), str(tmp_path))
+    assert done_files(tmp_path) < 10
+    assert records.messages(containing="prefect-future-anchor") == []
+
+
 @pytest.mark.parametrize("kind", RUNNERS)
 def test_cancel_names_and_really_cancels(kind, make_runner, shim, tmp_path, records, request):
     shim(on_exit="cancel")

@@ -165,21 +165,32 @@ def test_a_subflows_drain_is_in_the_subflows_logs(kind, make_runner, shim, tmp_p
     assert not [m for m in parent if "prefect-future-anchor" in m]
 
 
-@pytest.mark.parametrize("disable", [IN_RUN, AT_EXIT], ids=["in-run", "at-exit"])
-@pytest.mark.parametrize("kind", RUNNERS)
-def test_the_drain_ends_at_the_flows_timeout(kind, disable, make_runner, shim, release, records, api_logging):
-    """Item 2: ``timeout_seconds=T`` bounds the drain: at T the runs still waited for are
-    cancelled, reported Cancelled and named in the flow run's logs.  Inside the run the
-    flow ends TimedOut (it did not finish within T); at the exit it is Completed already.
-    T leaves the flow's body time to see its runs start (new Ray workers, a loaded machine)."""
+def cancelled_at_the_timeout(run_flow, kind, disable, make_runner, shim, release, records):
+    """Run ``run_flow`` (two blockers dropped) with ``timeout_seconds=T`` and the shim
+    (``disable``): the one line naming the 2 runs cancelled came within T (with
+    :data:`SLACK`) of the run's start.  T leaves the flow's body time to see its runs
+    start (new Ray workers, a loaded machine).  Returns the flow's final state, the
+    flow run's id and that line's record."""
     timeout = {"dask": 10, "ray": 30}[kind]
     shim(disable=disable)
-    state = flows.run_dropping_blockers(make_runner(kind), str(release), n=2, timeout_seconds=timeout)
+    state = run_flow(make_runner(kind), str(release), n=2, timeout_seconds=timeout)
     flow_run_id = the_flow_run_id(release)
     line = [r for r in records.records if "cancelled 2 task run(s)" in r.getMessage()]
     assert len(line) == 1, records.messages()
     started = flow_run(flow_run_id).start_time.timestamp()
     assert line[0].created - started <= timeout + SLACK
+    return state, flow_run_id, line
+
+
+@pytest.mark.parametrize("disable", [IN_RUN, AT_EXIT], ids=["in-run", "at-exit"])
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_the_drain_ends_at_the_flows_timeout(kind, disable, make_runner, shim, release, records, api_logging):
+    """Item 2: ``timeout_seconds=T`` bounds the drain: at T the runs still waited for are
+    cancelled, reported Cancelled and named in the flow run's logs.  Inside the run the
+    flow ends TimedOut (it did not finish within T); at the exit it is Completed already."""
+    state, flow_run_id, line = cancelled_at_the_timeout(
+        flows.run_dropping_blockers, kind, disable, make_runner, shim, release, records
+    )
     if disable == IN_RUN:
         assert state.name == "TimedOut", state
         assert "at the flow's timeout_seconds" in line[0].getMessage() or "interrupted" in line[0].getMessage()
@@ -189,6 +200,31 @@ def test_the_drain_ends_at_the_flows_timeout(kind, disable, make_runner, shim, r
     api_logs(flow_run_id, "cancelled 2 task run(s)")
     blockers = [r for r in task_runs(flow_run_id) if r.name.startswith("blocker")]
     assert len(blockers) == 2
+    for run in blockers:
+        assert poll(lambda: flow_run_task_state(run.id).is_cancelled(), 60, "blocker Cancelled")
+
+
+@pytest.mark.parametrize("disable", [IN_RUN, AT_EXIT], ids=["in-run", "at-exit"])
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_an_async_flows_drain_ends_at_its_timeout(kind, disable, make_runner, shim, release, records, api_logging):
+    """Item 2 for an async flow (the drain inside the run waits on a thread of its own,
+    so Prefect's timeout can interrupt it): at ``timeout_seconds`` the runs still
+    waited for are cancelled and named in the flow run's logs in the API, and the flow
+    ends TimedOut.  Control: with the drain at the runner's exit (``flow.drain-in-run``
+    off) the run is Completed before the drain starts."""
+    state, flow_run_id, line = cancelled_at_the_timeout(
+        flows.run_dropping_blockers_async, kind, disable, make_runner, shim, release, records
+    )
+    blockers = [r for r in task_runs(flow_run_id) if r.name.startswith("blocker")]
+    assert len(blockers) == 2
+    if disable == IN_RUN:
+        assert state.name == "TimedOut", state
+        assert flow_run(flow_run_id).state.name == "TimedOut"
+        logged = [m for m in api_logs(flow_run_id, "cancelled 2 task run(s)") if "cancelled 2 task run(s)" in m]
+        assert len(logged) == 1 and all(str(run.id) in logged[0] for run in blockers), logged
+    else:
+        assert state.is_completed()
+        assert "still unresolved at the flow's timeout_seconds" in line[0].getMessage()
     for run in blockers:
         assert poll(lambda: flow_run_task_state(run.id).is_cancelled(), 60, "blocker Cancelled")
 
