@@ -312,6 +312,14 @@ class ContextOnce(GlobalPatch):
             return "prefect.context.serialize_context no longer serializes SettingsContext.get()"
         if set(getattr(SettingsContext, "model_fields", {})) != {"profile", "settings"}:
             return "SettingsContext no longer holds exactly profile and settings"
+        current = SettingsContext.get()
+        if current is not None:
+            from .context_cache import SettingsPayloads
+
+            try:  # prefect 3.0.x: a Setting holds a lambda, and nothing can key the cache
+                SettingsPayloads.key(current)
+            except Exception as exc:
+                return f"prefect's settings cannot be pickled to key the cache ({type(exc).__name__}: {exc})"
         return None
 
     def wrap(self, module: Any) -> None:
