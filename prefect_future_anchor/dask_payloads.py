@@ -39,7 +39,9 @@ ends (result, exception, cancellation, worker death: the completion of its
 Dask future).  A payload no run uses is kept idle, up to :data:`LINGER` of
 them per client, so that a flow submitting one run at a time does not send it
 again each time; the oldest idle one beyond that is released.  Closing the
-client (the runner's exit) releases whatever is left.
+client (the runner's exit) releases whatever is left.  A payload that ended in
+error (Dask gave up on the worker computing it) is not given to new runs: they
+get a fresh one, and the broken one is released when its last run ends.
 """
 
 from __future__ import annotations
@@ -112,11 +114,17 @@ _run = _remote_runner()
 
 
 class _Payload:
-    __slots__ = ("future", "users")
+    __slots__ = ("pickled", "future", "users")
 
-    def __init__(self, future: Any) -> None:
+    def __init__(self, pickled: bytes, future: Any) -> None:
+        self.pickled = pickled
         self.future = future
         self.users = 0
+
+
+#: A payload future in one of these states is not used again (its worker died while
+#: computing it and Dask gave up: KilledWorker; or it was cancelled).
+_BROKEN = ("error", "cancelled")
 
 
 class Payloads:
@@ -129,42 +137,54 @@ class Payloads:
         #: how many payloads were ever sent (a test tells reuse from one per run)
         self.sent = 0
 
-    def take(self, pickled: bytes, send: Any) -> Tuple[bytes, Any]:
-        """The payload future for ``pickled`` (sent with ``send`` if new), with one use taken."""
+    def take(self, pickled: bytes, send: Any) -> _Payload:
+        """The payload for ``pickled`` (sent with ``send`` if there is none, or
+        none that can be used), with one use taken."""
         with self._lock:
-            found = self._by_bytes.get(pickled)
+            found = self._usable(pickled)
             if found is not None:
-                self._idle.pop(pickled, None)
                 found.users += 1
-                return pickled, found.future
+                return found
         future = send()
         with self._lock:
-            found = self._by_bytes.get(pickled)
-            if found is None:  # another thread sent the same one meanwhile: keep the first
-                found = self._by_bytes[pickled] = _Payload(future)
+            found = self._usable(pickled)
+            if found is None:
+                found = self._by_bytes[pickled] = _Payload(pickled, future)
                 self.sent += 1
-            self._idle.pop(pickled, None)
             found.users += 1
-            kept = found.future
-        if kept is not future:
+        if found.future is not future:  # another thread sent the same one meanwhile: keep the first
             future.release()
-        return pickled, kept
+        return found
 
-    def give_back(self, pickled: bytes) -> None:
-        """One use of ``pickled``'s payload has ended (its run resolved)."""
+    def _usable(self, pickled: bytes) -> Optional[_Payload]:
+        """Under the lock: the payload held for ``pickled``, taken out of the idle
+        ones; a broken one is let go here (the runs still using it keep it)."""
+        found = self._by_bytes.get(pickled)
+        if found is None:
+            return None
+        self._idle.pop(pickled, None)
+        if getattr(found.future, "status", None) in _BROKEN:
+            del self._by_bytes[pickled]
+            if found.users == 0:
+                found.future.release()
+            return None
+        return found
+
+    def give_back(self, payload: _Payload) -> None:
+        """One use of ``payload`` has ended (its run resolved, however it ended)."""
         released = []
         with self._lock:
-            found = self._by_bytes.get(pickled)
-            if found is None:
+            payload.users -= 1
+            if payload.users > 0:
                 return
-            found.users -= 1
-            if found.users > 0:
-                return
-            self._idle[pickled] = found
-            while len(self._idle) > LINGER:
-                oldest, payload = self._idle.popitem(last=False)
-                del self._by_bytes[oldest]
-                released.append(payload.future)
+            if self._by_bytes.get(payload.pickled) is not payload:
+                released.append(payload.future)  # let go as broken: its last run has ended
+            else:
+                self._idle[payload.pickled] = payload
+                while len(self._idle) > LINGER:
+                    _oldest, idle = self._idle.popitem(last=False)
+                    del self._by_bytes[idle.pickled]
+                    released.append(idle.future)
         for future in released:  # outside the lock: a release reaches the client's loop
             future.release()
 
@@ -289,22 +309,22 @@ class PayloadOnce(Patch):
         except Exception as exc:  # the shim's own failure: the stock call
             guard.failed(self.name, exc)
             return wrapped(*args, **kwargs)
-        pickled, run_args, options = call
+        payload, run_args, options = call
         payloads = payloads_of(instance)
         try:
             future = wrapped(*run_args, **options)
         except Exception as exc:
-            payloads.give_back(pickled)
+            payloads.give_back(payload)
             guard.failed(self.name, exc)
             return wrapped(*args, **kwargs)  # stock raises what the user must see, if anything
         try:
-            self._when_done(future, functools.partial(payloads.give_back, pickled))
+            self._when_done(future, functools.partial(payloads.give_back, payload))
         except Exception as exc:
             guard.failed(self.name, exc)
         return future
 
     @staticmethod
-    def _rewritten(wrapped: Any, client: Any, func: Any, kwargs: dict) -> Tuple[bytes, tuple, dict]:
+    def _rewritten(wrapped: Any, client: Any, func: Any, kwargs: dict) -> Tuple[_Payload, tuple, dict]:
         from dask.utils import apply, funcname
         from distributed.protocol import pickle as dask_pickle
 
@@ -316,14 +336,14 @@ class PayloadOnce(Patch):
         def send() -> Any:
             return wrapped(functools.partial, _run, pickled, key=f"prefect-payload-{uuid.uuid4().hex}", pure=False)
 
-        pickled, payload = payloads_of(client).take(pickled, send)
+        payload = payloads_of(client).take(pickled, send)
         if options.get("key") is None:
             options["key"] = f"{funcname(func)}-{uuid.uuid4().hex}"
         # What holds no Dask future goes as bytes: the scheduler keeps a few
         # hundred bytes, not Prefect models it would unpickle (and import prefect for).
         plain = {name: kwargs.pop(name) for name in list(kwargs) if name not in _MAY_HOLD_FUTURES}
         kwargs["packed"] = dask_pickle.dumps((per_run, plain))
-        return pickled, (_apply(apply), payload, (), kwargs), options
+        return payload, (_apply(apply), payload.future, (), kwargs), options
 
 
 def _when_done(future: Any, done: Any) -> None:

@@ -85,12 +85,12 @@ def ends_of_all_kinds():
         f.wait()
     blocked.wrapped_future.cancel()
     killed.wrapped_future.exception()  # KilledWorker (allowed-failures 0)
-    _until(lambda: blocked.wrapped_future.cancelled(), 30, "the cancel")
+    _until(lambda: blocked.wrapped_future.cancelled(), 120, "the cancel")
     payloads = payloads_of(client)
     # the completions give their uses back on the client's loop
-    _until(lambda: payloads.in_use() == 0, 30, "the payloads' uses to be given back")
+    _until(lambda: payloads.in_use() == 0, 120, "the payloads' uses to be given back")
     # a release reaches the scheduler as a message from the client's loop
-    _until(lambda: client.run_on_scheduler(scheduler_probe.held)["payloads in memory"] <= payloads.held(), 30,
+    _until(lambda: client.run_on_scheduler(scheduler_probe.held)["payloads in memory"] <= payloads.held(), 120,
            "the scheduler to forget the released payloads")
     return {
         "sent": payloads.sent,

@@ -34,7 +34,7 @@ def _patch():
 
 def _forgotten(client) -> None:
     """Bounded wait until the scheduler holds none of the flow's keys (its client closed)."""
-    _wait_until(lambda: client.run_on_scheduler(scheduler_probe.keys) == 0, 60, "the scheduler to forget the flow's keys")
+    _wait_until(lambda: client.run_on_scheduler(scheduler_probe.keys) == 0, 180, "the scheduler to forget the flow's keys")
 
 
 def test_a_shared_scheduler_keeps_no_task_or_context_of_finished_runs(tmp_path, shim):
@@ -140,3 +140,30 @@ def test_the_shims_own_failure_leaves_the_stock_submit(shim, make_runner, monkey
     total, states, keys = seed.with_options(task_runner=runner)(2)
     assert (total, states) == (168, ["COMPLETED"] * 2)
     assert patch.name in guard.failures()
+
+
+def _broken():
+    raise RuntimeError("a payload whose computation failed (as when Dask gives up on its worker)")
+
+
+def test_a_broken_payload_is_sent_again_and_its_last_run_lets_it_go():
+    """A payload future that ended in error is not handed to new runs: they get a
+    fresh one; the runs still holding the broken one give it back, and it is released."""
+    from distributed import Client, LocalCluster
+
+    from prefect_future_anchor.dask_payloads import Payloads
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            payloads = Payloads()
+            broken = payloads.take(b"same bytes", lambda: client.submit(_broken, pure=False))
+            broken.future.exception()  # waits for it to end
+            assert broken.future.status == "error"
+            fresh = payloads.take(b"same bytes", lambda: client.submit(int, 1, pure=False))
+            assert fresh is not broken and fresh.future.result() == 1
+            assert payloads.sent == 2 and payloads.held() == 1
+            payloads.give_back(broken)  # its last run ended: let go, the fresh one untouched
+            assert payloads.held() == 1 and payloads.in_use() == 1
+            payloads.give_back(fresh)
+            assert payloads.held() == 1 and payloads.in_use() == 0  # idle, kept for reuse
+            assert payloads.take(b"same bytes", lambda: client.submit(int, 2, pure=False)) is fresh
