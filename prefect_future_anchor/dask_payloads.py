@@ -242,9 +242,12 @@ class PayloadOnce(Patch):
 
     # -- what it checks --------------------------------------------------------------
     def problem(self, module: Any) -> Optional[str]:
-        problem = super().problem(module)
-        if problem is not None:
-            return problem
+        return super().problem(module) or self._stock_problem()
+
+    @staticmethod
+    def _stock_problem() -> Optional[str]:
+        """What no longer looks as the rewriting expects, in dask, distributed,
+        prefect's engine and prefect-dask's client, or None."""
         try:
             from dask.utils import apply
             from distributed import Client

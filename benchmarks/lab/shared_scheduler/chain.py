@@ -9,9 +9,6 @@ One ``dask scheduler`` and one ``dask worker`` (subprocesses, stopped by handle)
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,18 +55,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
-    bin_dir = Path(sys.executable).parent
-    work = Path(tempfile.mkdtemp(prefix="pfa-chain-"))
-    sf = work / "scheduler.json"
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False", DASK_LOGGING__DISTRIBUTED="warning")
-    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                  "--scheduler-file", str(sf)], stdout=open(work / "s.log", "w"), stderr=subprocess.STDOUT, env=env)
-    worker = None
+    from scheduler_memory import Scheduler  # benchmarks/: a scheduler and a worker, stopped by handle
+
+    cluster = Scheduler(Path(tempfile.mkdtemp(prefix="pfa-chain-")), "chain")
     try:
-        services._ready(lambda: sf.exists(), scheduler, work / "s.log", "dask scheduler")
-        address = json.loads(sf.read_text())["address"]
-        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "4", "--no-dashboard"],
-                                  stdout=open(work / "w.log", "w"), stderr=subprocess.STDOUT, env=env)
         with services.prefect_server():
             from distributed import Client
             from prefect import flow
@@ -78,29 +67,23 @@ def main() -> int:
 
             task1, task2 = seed_tasks()[:2]
 
-            @flow(task_runner=DaskTaskRunner(address=address))
+            @flow(task_runner=DaskTaskRunner(address=cluster.address))
             def seed(pairs: int):
                 kept = [task2.submit(task1.submit()) for _ in range(pairs)]
                 return sum(f.result() for f in kept)
 
-            with Client(address) as client:
+            with Client(cluster.address) as client:
                 client.wait_for_workers(1, timeout=300)
                 seed(args.runs // 2)
                 deadline = time.monotonic() + 60
                 while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and time.monotonic() < deadline:
-                    time.sleep(0.2)
+                    time.sleep(0.2)  # a bounded poll for the scheduler to forget the flow's keys
                 r = client.run_on_scheduler(walk)
                 print(r["task"])
                 for i, line in enumerate(r.get("chain", [])):
                     print(i, line)
     finally:
-        for p in (worker, scheduler):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        cluster.stop()
     return 0
 
 
