@@ -151,6 +151,7 @@ def draw(results: list, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, r in zip(axes[0], results):
@@ -160,6 +161,7 @@ def draw(results: list, path: Path) -> None:
         ax.set_xlabel("flow runs finished")
         ax.set_ylabel("scheduler RSS (MB)")
         ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
