@@ -54,7 +54,7 @@ import uuid
 from typing import Any, Dict, Optional, Tuple
 
 from . import guard
-from .dask_runner import runtime
+from .dask_runner import _WHERE, runtime
 from .patches import Patch, code_reads
 
 #: The context's parts that differ from run to run (prefect-dask 0.3.6+ puts each
@@ -199,15 +199,16 @@ class Payloads:
             return sum(1 for payload in self._by_bytes.values() if payload.users > 0)
 
 
+_creation_guard = threading.Lock()
+
+
 def payloads_of(client: Any) -> Payloads:
+    """The :class:`Payloads` of a Dask client, made on first use."""
     found = client.__dict__.get(_PAYLOADS)
     if found is None:
         with _creation_guard:
             found = client.__dict__.setdefault(_PAYLOADS, Payloads())
     return found
-
-
-_creation_guard = threading.Lock()
 
 
 _APPLY: Any = None
@@ -235,10 +236,9 @@ class PayloadOnce(Patch):
     ``PrefectDaskClient.submit`` makes for a Prefect ``Task``; every other
     ``Client.submit`` call passes through untouched."""
 
-    def __init__(self, *args: Any, when_done: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on = False
-        self._when_done = when_done
 
     # -- what it checks --------------------------------------------------------------
     def problem(self, module: Any) -> Optional[str]:
@@ -321,7 +321,8 @@ class PayloadOnce(Patch):
             guard.failed(self.name, exc)
             return wrapped(*args, **kwargs)  # stock raises what the user must see, if anything
         try:
-            self._when_done(future, functools.partial(payloads.give_back, payload))
+            done = functools.partial(payloads.give_back, payload)
+            self.runtime.when_done(future, done, done)
         except Exception as exc:
             guard.failed(self.name, exc)
         return future
@@ -349,17 +350,9 @@ class PayloadOnce(Patch):
         return payload, (_apply(apply), payload.future, (), kwargs), options
 
 
-def _when_done(future: Any, done: Any) -> None:
-    runtime.when_done(future, done, done)
-
-
 PAYLOAD_ONCE = PayloadOnce(
     runtime,
     "dask.payload-once",
-    distribution="prefect-dask",
-    module_name="prefect_dask.task_runners",
-    runner_name="DaskTaskRunner",
-    future_name="PrefectDaskFuture",
     applies=">=0.3.0",
     why="Every run's Dask spec carries its Prefect Task and the serialized "
     "context (with the Flow and its DaskTaskRunner), about 64 KB once "
@@ -370,5 +363,5 @@ PAYLOAD_ONCE = PayloadOnce(
     "with no worker still scales up), each run's spec refers to it, and it is "
     "released once no unresolved run uses it. Run keys keep their prefix; "
     "the submit no longer tokenizes the whole call for a key.",
-    when_done=_when_done,
+    **_WHERE,
 )
