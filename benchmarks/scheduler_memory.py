@@ -4,15 +4,19 @@
     .nox/matrix-3-9-1/bin/python benchmarks/scheduler_memory.py --quick        # 3 flows of 100
     .nox/matrix-3-9-1/bin/python benchmarks/scheduler_memory.py --series 5x200 --save out.json
 
-For each series two ``dask scheduler`` processes are started by hand, each with
+For each series three ``dask scheduler`` processes are started by hand, each with
 one ``dask worker`` of 4 threads (all stopped by handle): one serves the stock
-flows (the shim uninstalled), the other the patched ones (``install()``: every
-applicable patch).  The flows alternate, stock then patched, each
-``DaskTaskRunner(address=...)`` with the seed's pattern (``task2.submit(task1.submit())``,
-runs / 2 pairs).  After each flow, once its scheduler holds no task and has run
-a garbage collection, the scheduler's RSS is read.  The table gives the RSS
-after each flow and the growth per flow after the first; ``--png`` draws both
-curves (the docs' picture).
+flows (the shim uninstalled), one the patched ones (``install()``: every
+applicable patch), and one the same work with no Prefect at all (*Dask alone*:
+per "flow" a new ``distributed.Client`` submitting the same number of tasks one
+at a time, ``add(add(20, 22), 42)`` pairs, then closing).  Dask alone is the
+floor: what distributed itself keeps per client and per submit, which no
+client-side patch can remove.  The flows alternate, stock, patched, Dask alone,
+the Prefect ones each ``DaskTaskRunner(address=...)`` with the seed's pattern
+(``task2.submit(task1.submit())``, runs / 2 pairs).  After each flow, once its
+scheduler holds no task and has run a garbage collection, the scheduler's RSS
+is read.  The table gives the RSS after each flow and the growth per flow after
+the first; ``--png`` draws the curves (the docs' picture).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(HERE))
 import services  # noqa: E402  (the Prefect server's address before prefect is imported)
 
 FULL = ["10x200", "3x2000"]
+SIDES = ("stock", "patched", "dask alone")
 QUICK = ["3x100"]
 
 
@@ -52,15 +57,16 @@ def tasks(dask_scheduler=None) -> int:
 class Scheduler:
     """A ``dask scheduler`` and one ``dask worker``, started as subprocesses and stopped by handle."""
 
-    def __init__(self, work: Path, name: str) -> None:
+    def __init__(self, work: Path, name: str, settings: "dict | None" = None) -> None:
         bin_dir = Path(sys.executable).parent
         env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False", DASK_LOGGING__DISTRIBUTED="warning")
+        self.scheduler_env = dict(env, **(settings or {}))
         file = work / f"{name}.json"
         self.procs = [
             subprocess.Popen(
                 [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                  "--scheduler-file", str(file)],
-                stdout=open(work / f"{name}-scheduler.log", "w"), stderr=subprocess.STDOUT, env=env,
+                stdout=open(work / f"{name}-scheduler.log", "w"), stderr=subprocess.STDOUT, env=self.scheduler_env,
             )
         ]
         services._ready(lambda: file.exists(), self.procs[0], work / f"{name}-scheduler.log", "dask scheduler")
@@ -83,7 +89,7 @@ class Scheduler:
                     proc.wait()
 
 
-def series(flows: int, runs: int, work: Path) -> dict:
+def series(flows: int, runs: int, work: Path, settings: dict, sides: tuple = SIDES) -> dict:
     from distributed import Client
     from prefect import flow
     from prefect_dask import DaskTaskRunner
@@ -98,21 +104,25 @@ def series(flows: int, runs: int, work: Path) -> dict:
         kept = [task2.submit(task1.submit()) for _ in range(pairs)]
         return sum(f.result() for f in kept)
 
-    out = {"flows": flows, "runs": runs, "stock": [], "patched": [], "wall": {"stock": [], "patched": []}}
-    schedulers = {side: Scheduler(work, f"{side}-{flows}x{runs}") for side in ("stock", "patched")}
+    out = {"flows": flows, "runs": runs, "scheduler_env": settings, **{side: [] for side in sides},
+           "wall": {side: [] for side in sides}}
+    schedulers = {side: Scheduler(work, f"{side.replace(' ', '-')}-{flows}x{runs}", settings) for side in sides}
     try:
         clients = {side: Client(s.address, timeout=60, set_as_default=False) for side, s in schedulers.items()}
         for side, client in clients.items():
             client.wait_for_workers(1, timeout=300)
             out[side].append(client.run_on_scheduler(rss))  # before the first flow
         for i in range(flows):
-            for side in ("stock", "patched"):
+            for side in sides:
                 if side == "patched":
                     prefect_future_anchor.install()
                 else:
                     prefect_future_anchor.uninstall()
                 started = time.perf_counter()
-                total = seed.with_options(task_runner=DaskTaskRunner(address=schedulers[side].address))(runs // 2)
+                if side == "dask alone":
+                    total = dask_alone(schedulers[side].address, runs // 2)
+                else:
+                    total = seed.with_options(task_runner=DaskTaskRunner(address=schedulers[side].address))(runs // 2)
                 out["wall"][side].append(time.perf_counter() - started)
                 assert total == 84 * (runs // 2), total
                 deadline = time.monotonic() + 120
@@ -129,6 +139,19 @@ def series(flows: int, runs: int, work: Path) -> dict:
     return out
 
 
+def dask_alone(address: str, pairs: int) -> int:
+    """The seed's work with no Prefect: a new client, ``pairs`` pairs submitted one
+    task at a time (each its own key, as Prefect's runs are), the client closed."""
+    import operator
+
+    from distributed import Client
+
+    with Client(address, timeout=60, set_as_default=False) as client:
+        kept = [client.submit(operator.add, client.submit(operator.add, 20, 22, pure=False), 42, pure=False)
+                for _ in range(pairs)]
+        return sum(client.gather(kept))
+
+
 def growth(values: list) -> float:
     """MB per flow after the first: (RSS after the last flow - after the first) / (flows - 1)."""
     return (values[-1] - values[1]) / max(1, len(values) - 2)
@@ -140,7 +163,7 @@ def table(results: list) -> str:
         "|---|---|---|---|",
     ]
     for r in results:
-        for side in ("stock", "patched"):
+        for side in (side for side in SIDES if side in r):
             values = ", ".join(f"{v:.1f}" for v in r[side])
             lines.append(f"| {r['flows']} x {r['runs']} | {side} | {values} | {growth(r[side]):.2f} MB |")
     return "\n".join(lines)
@@ -155,9 +178,12 @@ def draw(results: list, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, r in zip(axes[0], results):
-        for side, style in (("stock", "o-"), ("patched", "s-")):
-            ax.plot(range(len(r[side])), r[side], style, label=side)
-        ax.set_title(f"flows of {r['runs']} runs, one shared scheduler")
+        for side, style, color in (("stock", "o-", "C0"), ("patched", "s-", "C1"), ("dask alone", "^:", "C2")):
+            if side in r:
+                label = side if side != "dask alone" else "Dask alone (no Prefect)"
+                ax.plot(range(len(r[side])), r[side], style, color=color, label=label)
+        settings = ", ".join(f"{k.replace('DASK_DISTRIBUTED__', '').lower()}={v}" for k, v in r.get("scheduler_env", {}).items())
+        ax.set_title(f"flows of {r['runs']} runs, one shared scheduler" + (f"\n{settings}" if settings else ""), fontsize=10)
         ax.set_xlabel("flow runs finished")
         ax.set_ylabel("scheduler RSS (MB)")
         ax.set_ylim(bottom=0)
@@ -174,15 +200,28 @@ def main() -> int:
     parser.add_argument("--series", help="comma-separated FLOWSxRUNS (default: " + ", ".join(FULL) + ")")
     parser.add_argument("--save", type=Path, help="write the samples as JSON")
     parser.add_argument("--png", type=Path, help="draw the curves")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)} (default: all)")
+    parser.add_argument("--scheduler-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the schedulers started (Dask settings such as "
+                        "DASK_DISTRIBUTED__SCHEDULER__EVENTS_CLEANUP_DELAY=1s); may be repeated")
     args = parser.parse_args()
     wanted = args.series.split(",") if args.series else (QUICK if args.quick else FULL)
+    sides = tuple(side.strip() for side in args.sides.split(","))
+    if not sides or set(sides) - set(SIDES):
+        parser.error(f"--sides takes a comma-separated list of {', '.join(SIDES)}, got {args.sides!r}")
+    settings = {}
+    for item in args.scheduler_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--scheduler-env takes NAME=VALUE, got {item!r}")
+        settings[name] = value
     work = Path(tempfile.mkdtemp(prefix="pfa-scheduler-memory-"))
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     results = []
     with services.prefect_server():
         for item in wanted:
             flows, runs = (int(x) for x in item.lower().split("x"))
-            results.append(series(flows, runs, work))
+            results.append(series(flows, runs, work, settings, sides))
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     print(table(results))
     if args.save:
