@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,23 +124,13 @@ def main() -> int:
     parser.add_argument("--referrers", action="store_true",
                         help="after the flows, what refers to the objects allocated in message handling")
     args = parser.parse_args()
-    bin_dir = Path(sys.executable).parent
+    from scheduler_memory import Scheduler  # benchmarks/: a scheduler and a worker, stopped by handle
+
     work = Path(tempfile.mkdtemp(prefix="pfa-scheduler-growth-"))
-    scheduler_file = work / "scheduler.json"
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False", DASK_LOGGING__DISTRIBUTED="warning",
-               DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP="600s")
-    os.environ["DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP"] = "600s"  # the snapshots hold the scheduler's loop
-    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                  "--no-dashboard", "--scheduler-file", str(scheduler_file)],
-                                 stdout=open(work / "scheduler.log", "w"), stderr=subprocess.STDOUT,
-                                 env=dict(env, PYTHONTRACEMALLOC=str(args.frames)))
-    worker = None
+    os.environ["DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP"] = "600s"  # a snapshot holds the scheduler's loop a while
+    cluster = Scheduler(work, "growth", {"PYTHONTRACEMALLOC": str(args.frames)})
+    address = cluster.address
     try:
-        services._ready(lambda: scheduler_file.exists(), scheduler, work / "scheduler.log", "dask scheduler")
-        address = json.loads(scheduler_file.read_text())["address"]
-        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "4", "--nworkers", "1",
-                                   "--no-dashboard"], stdout=open(work / "worker.log", "w"),
-                                  stderr=subprocess.STDOUT, env=env)
         with services.prefect_server():
             from distributed import Client
             from prefect import flow
@@ -182,13 +171,7 @@ def main() -> int:
                 print(json.dumps({"growth": f"flow {i - 1} -> {i}", "sites": compare(snaps[i - 1], snaps[i])}),
                       flush=True)
     finally:
-        for proc in (worker, scheduler):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        cluster.stop()
     return 0
 
 
