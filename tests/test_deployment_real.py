@@ -19,6 +19,7 @@ flow run.  Everything started is stopped by its handle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -405,10 +406,18 @@ def test_a_cancel_from_the_api_stops_the_wait_of_a_worker_run(tmp_path):
             # running a task holds the in-process cluster's close until the worker kills it).
             _wait_until(lambda: client.read_flow_run(ids["in-run"]).state.is_cancelled(), RUN_TIMEOUT, "the in-run flow run Cancelled")
             assert len(read_task_runs(client, ids["in-run"])) == 1
+
+            def cancelled_line():
+                return [m for m in read_logs(client, ids["in-run"]) if "cancelled 1 task run(s)" in m and "held" in m]
+
+            # The run's process sends its logs in batches (every 2 s by default), so the line
+            # can reach the API after the run's Cancelled state: a bounded poll, then the check.
+            with contextlib.suppress(Exception):
+                _wait_until(cancelled_line, 30, "the cancelled line in the run's logs")
             messages = read_logs(client, ids["in-run"])
             assert took < 15, (took, messages)
             # cancelled by the shim's watch of the run's state, or on the worker's termination signal
-            assert [m for m in messages if "cancelled 1 task run(s)" in m and "held" in m], messages
+            assert cancelled_line(), messages
             # the control: Completed before and after the Cancel, still waiting for its run
             assert client.read_flow_run(ids["at-exit"]).state.is_completed()
             at_exit = read_task_runs(client, ids["at-exit"])
