@@ -112,13 +112,20 @@ async def _finish_in_run_async() -> Optional[drain.Outcome]:
         return None
     watch = CancelWatch(context.flow_run.id)
     done: "concurrent.futures.Future[Optional[drain.Outcome]]" = concurrent.futures.Future()
+    # Running, so that the cancellation of the await below (Prefect's timeout) cannot
+    # cancel it: asyncio.wrap_future passes a cancellation on to a pending future, and the
+    # wait after the interruption would then return at once, while the drain still runs,
+    # and the runner's exit would start waiting for the same runs.
+    done.set_running_or_notify_cancel()
     copied = contextvars.copy_context()
 
     def run() -> None:
         try:
-            done.set_result(copied.run(_finish_in_run, watch))
+            outcome = copied.run(_finish_in_run, watch)
         except BaseException as exc:
             done.set_exception(exc)
+        else:
+            done.set_result(outcome)
 
     threading.Thread(target=run, name="prefect-future-anchor-drain", daemon=True).start()
     try:
