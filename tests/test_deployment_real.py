@@ -407,17 +407,17 @@ def test_a_cancel_from_the_api_stops_the_wait_of_a_worker_run(tmp_path):
             _wait_until(lambda: client.read_flow_run(ids["in-run"]).state.is_cancelled(), RUN_TIMEOUT, "the in-run flow run Cancelled")
             assert len(read_task_runs(client, ids["in-run"])) == 1
 
-            def cancelled_line():
-                return [m for m in read_logs(client, ids["in-run"]) if "cancelled 1 task run(s)" in m and "held" in m]
+            def cancelled_line(messages):
+                return [m for m in messages if "cancelled 1 task run(s)" in m and "held" in m]
 
             # The run's process sends its logs in batches (every 2 s by default), so the line
             # can reach the API after the run's Cancelled state: a bounded poll, then the check.
             with contextlib.suppress(Exception):
-                _wait_until(cancelled_line, 30, "the cancelled line in the run's logs")
+                _wait_until(lambda: cancelled_line(read_logs(client, ids["in-run"])), 30, "the cancelled line in the run's logs")
             messages = read_logs(client, ids["in-run"])
             assert took < 15, (took, messages)
             # cancelled by the shim's watch of the run's state, or on the worker's termination signal
-            assert cancelled_line(), messages
+            assert cancelled_line(messages), messages
             # the control: Completed before and after the Cancel, still waiting for its run
             assert client.read_flow_run(ids["at-exit"]).state.is_completed()
             at_exit = read_task_runs(client, ids["at-exit"])
