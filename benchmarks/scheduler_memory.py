@@ -60,13 +60,13 @@ class Scheduler:
     def __init__(self, work: Path, name: str, settings: "dict | None" = None) -> None:
         bin_dir = Path(sys.executable).parent
         env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False", DASK_LOGGING__DISTRIBUTED="warning")
-        self.scheduler_env = dict(env, **(settings or {}))
+        scheduler_env = dict(env, **(settings or {}))
         file = work / f"{name}.json"
         self.procs = [
             subprocess.Popen(
                 [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                  "--scheduler-file", str(file)],
-                stdout=open(work / f"{name}-scheduler.log", "w"), stderr=subprocess.STDOUT, env=self.scheduler_env,
+                stdout=open(work / f"{name}-scheduler.log", "w"), stderr=subprocess.STDOUT, env=scheduler_env,
             )
         ]
         services._ready(lambda: file.exists(), self.procs[0], work / f"{name}-scheduler.log", "dask scheduler")

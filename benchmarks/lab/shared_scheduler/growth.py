@@ -31,9 +31,11 @@ def inspect(dask_scheduler=None, dump=None):
     """Runs in the scheduler process: RSS, traced bytes and logs; the snapshot
     is written to ``dump`` and compared in the driver (a comparison here would
     hold the scheduler's event loop for longer than its comms allow)."""
+    import collections
     import gc
     import tracemalloc
 
+    import dask.utils
     import psutil
 
     gc.collect()
@@ -48,11 +50,8 @@ def inspect(dask_scheduler=None, dump=None):
     for address, bs in s.stream_comms.items():
         batches = list(bs.recent_message_log)
         messages = [m for b in batches if isinstance(b, list) for m in b]
-        ops = {}
-        for m in messages:
-            if isinstance(m, dict):
-                ops[m.get("op")] = ops.get(m.get("op"), 0) + 1
-        logs[address] = {"batches": len(batches), "messages": len(messages), "ops": ops}
+        ops = collections.Counter(m.get("op") for m in messages if isinstance(m, dict))
+        logs[address] = {"batches": len(batches), "messages": len(messages), "ops": dict(ops)}
     broker = getattr(s, "_broker", None)  # distributed 2024+: one topic per client, and "all", "scheduler", ...
     events = ({name: len(topic.events) for name, topic in broker._topics.items()} if broker is not None
               else {name: len(q) for name, q in getattr(s, "events", {}).items()})
@@ -65,7 +64,7 @@ def inspect(dask_scheduler=None, dump=None):
         "transition_log": len(getattr(s, "transition_log", ())),
         "event_topics": len(events),
         "events": sum(events.values()),
-        "key_split_cache": __import__("dask.utils").utils.key_split.cache_info().currsize,
+        "key_split_cache": dask.utils.key_split.cache_info().currsize,
         "spans": len(getattr(s.extensions.get("spans"), "spans", ())),
         "message_logs": logs,
         "plugins": list(s.plugins),
